@@ -1,1 +1,15 @@
+//! postern's shared core: configuration, TLS, connections, listeners,
+//! access control, secrets and limits. Protocol front ends build on it.
 #![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod config;
+pub mod credentials;
+pub mod io;
+pub mod limits;
+pub mod secret;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use secret::Secret;

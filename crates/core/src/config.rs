@@ -1,0 +1,925 @@
+//! The configuration file: typed serde structs and their validation.
+//!
+//! Loading is two steps. `yaml_serde` turns the text into the typed structs
+//! below (`deny_unknown_fields` everywhere, addresses and CIDRs parsed into
+//! real types); a syntax or type error stops there and carries the line the
+//! parser saw. Then [`Config::validate`] checks what types cannot express
+//! (impossible combinations, unreadable files, unsafe settings) and collects
+//! every problem, so a user fixes the whole file in one pass. No message ever
+//! echoes a secret or the configuration text.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use ipnet::IpNet;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Logging settings.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The admin endpoint (`/healthz`, `/metrics`). Parsed, not yet served.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Every route: one listener, one protocol, one upstream.
+    pub routes: Vec<Route>,
+}
+
+/// `log:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `postern=debug`; `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `admin:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where the admin HTTP endpoint listens.
+    pub listen: SocketAddr,
+}
+
+/// One route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// A unique name used in logs and `postern check`.
+    pub name: String,
+    /// Which protocol the route speaks on both sides.
+    pub protocol: Protocol,
+    /// Where postern listens for clients.
+    pub listen: Listen,
+    /// Which client addresses may connect. Absent: loopback only.
+    #[serde(default)]
+    pub allow: Option<Vec<IpNet>>,
+    /// The real server and how to reach it.
+    pub upstream: Upstream,
+    /// Where the upstream credentials come from.
+    #[serde(default)]
+    pub credentials: Credentials,
+}
+
+impl Route {
+    /// The effective allow-list: the configured one, or loopback only.
+    pub fn allow_list(&self) -> Vec<IpNet> {
+        match &self.allow {
+            Some(list) => list.clone(),
+            None => loopback_nets(),
+        }
+    }
+}
+
+fn loopback_nets() -> Vec<IpNet> {
+    vec![
+        IpNet::from_str("127.0.0.0/8").unwrap_or_default(),
+        IpNet::from_str("::1/128").unwrap_or_default(),
+    ]
+}
+
+/// The mail protocol of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Protocol {
+    /// POP3 (RFC 1939).
+    Pop3,
+    /// SMTP submission (RFC 5321, RFC 6409).
+    Smtp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Pop3 => "pop3",
+            Protocol::Smtp => "smtp",
+        })
+    }
+}
+
+/// Transport security of one side of a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Security {
+    /// Plain TCP.
+    None,
+    /// Implicit TLS from the first byte (POP3S 995, SMTPS 465).
+    #[default]
+    Tls,
+    /// Plain TCP upgraded with POP3 `STLS` or SMTP `STARTTLS`.
+    Starttls,
+}
+
+impl fmt::Display for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Security::None => "none",
+            Security::Tls => "tls",
+            Security::Starttls => "starttls",
+        })
+    }
+}
+
+/// How postern logs in to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum UpstreamAuth {
+    /// POP3 USER/PASS (RFC 1939).
+    User,
+    /// POP3 APOP (RFC 1939 §7).
+    Apop,
+    /// SASL PLAIN (RFC 4616; POP3 RFC 5034, SMTP RFC 4954).
+    Plain,
+    /// SASL LOGIN (SMTP only).
+    Login,
+    /// SASL CRAM-MD5 (RFC 2195).
+    CramMd5,
+    /// No authentication (SMTP only).
+    None,
+}
+
+impl UpstreamAuth {
+    /// Whether this mechanism sends the password itself over the wire.
+    pub fn sends_password_in_clear(self) -> bool {
+        matches!(self, Self::User | Self::Plain | Self::Login)
+    }
+}
+
+impl fmt::Display for UpstreamAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::User => "user",
+            Self::Apop => "apop",
+            Self::Plain => "plain",
+            Self::Login => "login",
+            Self::CramMd5 => "cram-md5",
+            Self::None => "none",
+        })
+    }
+}
+
+/// The listen side of a route: `127.0.0.1:3999` or a map.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenMap {
+    /// The socket address to bind.
+    pub address: SocketAddr,
+    /// Listen-side security (`none` until listen-side TLS lands).
+    #[serde(default = "security_none")]
+    pub security: Security,
+    /// PEM certificate chain for a TLS listener.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// PEM private key for a TLS listener.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn security_none() -> Security {
+    Security::None
+}
+
+/// The listen side of a route.
+#[derive(Debug, Clone)]
+pub struct Listen(pub ListenMap);
+
+impl Listen {
+    /// The socket address to bind.
+    pub fn address(&self) -> SocketAddr {
+        self.0.address
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Listen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address like 127.0.0.1:3999, or a map with address, security, certificate and key")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Listen, E> {
+                let address = s.parse().map_err(|_| {
+                    E::custom(format!(
+                        "`{s}` is not a listen address; write an IP address and a port, like 127.0.0.1:3999 or [::1]:3999"
+                    ))
+                })?;
+                Ok(Listen(ListenMap {
+                    address,
+                    security: Security::None,
+                    certificate: None,
+                    key: None,
+                }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Listen, A::Error> {
+                ListenMap::deserialize(de::value::MapAccessDeserializer::new(map)).map(Listen)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The upstream side of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `host:port` of the real server; resolved afresh for every session.
+    pub address: HostPort,
+    /// How the connection is secured (default `tls`).
+    #[serde(default)]
+    pub security: Security,
+    /// How postern logs in.
+    pub auth: UpstreamAuth,
+    /// A PEM file of CA certificates to trust instead of the system roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name expected in the server certificate and sent as SNI
+    /// (default: the host part of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// SPKI pins: base64 SHA-256 of the server key, checked in addition.
+    #[serde(default)]
+    pub pin_sha256: Vec<String>,
+    /// Allow USER/PASS, PLAIN or LOGIN over `security: none`.
+    #[serde(default)]
+    pub allow_plaintext_password: bool,
+}
+
+impl Upstream {
+    /// The name checked against the certificate and sent as SNI.
+    pub fn tls_name(&self) -> &str {
+        self.server_name.as_deref().unwrap_or(&self.address.host)
+    }
+}
+
+/// A host name or IP address with a port, resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a server address; write a host name or IP address and a port, like pop.example.net:995 or [2001:db8::1]:995")
+        };
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                host: sa.ip().to_string(),
+                port: sa.port(),
+            });
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        if !valid_host || port == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+/// Where upstream credentials come from: `passthrough` or `{accounts: [...]}`.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Credentials {
+    /// The client's own login is carried to the upstream; nothing is stored.
+    #[default]
+    Passthrough,
+    /// Local logins mapped to stored upstream credentials.
+    Accounts(Vec<Account>),
+}
+
+/// One stored account (`credentials.accounts[]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// The login the client sends.
+    #[serde(default)]
+    pub local_user: Option<String>,
+    /// Environment variable holding the local password.
+    #[serde(default)]
+    pub local_password_env: Option<String>,
+    /// File holding the local password.
+    #[serde(default)]
+    pub local_password_file: Option<PathBuf>,
+    /// Source addresses of a device that cannot log in (SMTP).
+    #[serde(default)]
+    pub sources: Option<Vec<IpNet>>,
+    /// The login used upstream.
+    pub upstream_user: String,
+    /// Environment variable holding the upstream password.
+    #[serde(default)]
+    pub upstream_password_env: Option<String>,
+    /// File holding the upstream password.
+    #[serde(default)]
+    pub upstream_password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountsMap {
+    accounts: Vec<Account>,
+}
+
+impl<'de> Deserialize<'de> for Credentials {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Credentials;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`passthrough` or a map with `accounts:`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Credentials, E> {
+                match s {
+                    "passthrough" => Ok(Credentials::Passthrough),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a credentials mode; write `passthrough` or a map with `accounts:`"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Credentials, A::Error> {
+                AccountsMap::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|m| Credentials::Accounts(m.accounts))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The line, where the parser gives it.
+    pub line: Option<usize>,
+    /// The route the problem is in.
+    pub route: Option<String>,
+    /// The key, as a dotted path inside the route (`upstream.auth`).
+    pub key: Option<String>,
+    /// What is wrong, in a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if let Some(route) = &self.route {
+            write!(f, "route \"{route}\": ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a configuration file was refused: every problem found in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that was read.
+    pub file: PathBuf,
+    /// Everything wrong with it (never empty).
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {} problem{} found",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {p}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                line: None,
+                route: None,
+                key: None,
+                message: format!("cannot read the configuration file: {e}"),
+            }],
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates configuration text; `file` is used in messages
+    /// and to resolve nothing else (paths in the file are taken as written).
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = yaml_serde::from_str(text).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            problems: vec![Problem {
+                line: e.location().map(|l| l.line()),
+                route: None,
+                key: None,
+                message: parse_message(&e),
+            }],
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem that typed parsing could not catch.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut top = |key: &str, message: String| {
+            out.push(Problem {
+                line: None,
+                route: None,
+                key: Some(key.to_owned()),
+                message,
+            })
+        };
+        if tracing_level_invalid(&self.log.level) {
+            top(
+                "log.level",
+                format!(
+                    "`{}` is not a log level; use error, warn, info, debug or trace (or a filter like postern=debug)",
+                    self.log.level
+                ),
+            );
+        }
+        if self.admin.is_some() {
+            top(
+                "admin",
+                "the admin endpoint (/healthz, /metrics) is not available in this version; remove the `admin:` section".to_owned(),
+            );
+        }
+        if self.routes.is_empty() {
+            top(
+                "routes",
+                "no routes are configured; add at least one route".to_owned(),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        for route in &self.routes {
+            let mut p = |key: &str, message: String| {
+                out.push(Problem {
+                    line: None,
+                    route: Some(route.name.clone()),
+                    key: Some(key.to_owned()),
+                    message,
+                })
+            };
+            validate_route(route, &mut p);
+            if !names.insert(route.name.as_str()) {
+                p(
+                    "name",
+                    "another route has the same name; route names must be unique".to_owned(),
+                );
+            }
+            if !listens.insert(route.listen.address()) {
+                p(
+                    "listen",
+                    format!(
+                        "another route already listens on {}; each route needs its own address and port",
+                        route.listen.address()
+                    ),
+                );
+            }
+        }
+        out
+    }
+}
+
+fn parse_message(e: &yaml_serde::Error) -> String {
+    // The parser's own text ends with " at line L column C"; the line is
+    // reported separately, so keep only the message.
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn tracing_level_invalid(level: &str) -> bool {
+    tracing_subscriber_filter_ok(level).is_err()
+}
+
+// Kept local so the core does not depend on tracing-subscriber: a filter is
+// a comma-separated list of `level` or `target=level` directives.
+fn tracing_subscriber_filter_ok(filter: &str) -> Result<(), ()> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if filter.trim().is_empty() {
+        return Err(());
+    }
+    for directive in filter.split(',') {
+        let level = directive.rsplit('=').next().unwrap_or("").trim();
+        let target_ok = directive
+            .split_once('=')
+            .map(|(t, _)| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+            })
+            .unwrap_or(true);
+        if !target_ok || !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
+    let name_ok = !route.name.is_empty()
+        && route.name.len() <= 64
+        && route
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !name_ok {
+        p(
+            "name",
+            "a route name must be 1 to 64 letters, digits, '-', '_' or '.'".to_owned(),
+        );
+    }
+    if route.protocol == Protocol::Smtp {
+        p(
+            "protocol",
+            "SMTP routes are not available in this version yet; only `pop3` is".to_owned(),
+        );
+    }
+
+    // Listen side.
+    let listen = &route.listen.0;
+    match listen.security {
+        Security::None => {
+            if listen.certificate.is_some() || listen.key.is_some() {
+                p(
+                    "listen.certificate",
+                    "a certificate and key only make sense with `security: tls` or `starttls` on the listen side".to_owned(),
+                );
+            }
+        }
+        Security::Tls | Security::Starttls => p(
+            "listen.security",
+            "TLS on the listen side is not available in this version yet; use `security: none` (clients on loopback or a trusted LAN)".to_owned(),
+        ),
+    }
+    let ip = listen.address.ip();
+    if route.allow.is_none() && !ip.is_loopback() {
+        p(
+            "allow",
+            format!(
+                "the route listens on {ip}, which other machines can reach, but has no `allow:` list; \
+                 add the networks that may use it (for example `allow: [192.168.1.0/24]`) so it is not open to everyone"
+            ),
+        );
+    }
+    if let Some(allow) = &route.allow {
+        if allow.is_empty() {
+            p(
+                "allow",
+                "the `allow:` list is empty, so no client could ever connect; list at least one network".to_owned(),
+            );
+        }
+    }
+
+    // Upstream side.
+    let up = &route.upstream;
+    let auth_ok = match route.protocol {
+        Protocol::Pop3 => matches!(
+            up.auth,
+            UpstreamAuth::User | UpstreamAuth::Apop | UpstreamAuth::Plain | UpstreamAuth::CramMd5
+        ),
+        Protocol::Smtp => matches!(
+            up.auth,
+            UpstreamAuth::Plain | UpstreamAuth::Login | UpstreamAuth::CramMd5 | UpstreamAuth::None
+        ),
+    };
+    if !auth_ok {
+        let allowed = match route.protocol {
+            Protocol::Pop3 => "user, apop, plain or cram-md5",
+            Protocol::Smtp => "plain, login, cram-md5 or none",
+        };
+        p(
+            "upstream.auth",
+            format!(
+                "`{}` is not a {} login method; use {allowed}",
+                up.auth, route.protocol
+            ),
+        );
+    }
+    if up.security == Security::None
+        && up.auth.sends_password_in_clear()
+        && !up.allow_plaintext_password
+    {
+        p(
+            "upstream.auth",
+            format!(
+                "`auth: {}` over `security: none` would send the password across the network in clear; \
+                 use `security: tls` or `starttls`, a challenge method (apop, cram-md5), \
+                 or set `allow_plaintext_password: true` if the network to the server is trusted",
+                up.auth
+            ),
+        );
+    }
+    if up.security == Security::None {
+        for (key, set) in [
+            ("upstream.ca", up.ca.is_some()),
+            ("upstream.server_name", up.server_name.is_some()),
+            ("upstream.pin_sha256", !up.pin_sha256.is_empty()),
+        ] {
+            if set {
+                p(
+                    key,
+                    "this TLS setting has no effect with `security: none`; remove it or use `security: tls` or `starttls`".to_owned(),
+                );
+            }
+        }
+    } else {
+        if rustls_pki_types::ServerName::try_from(up.tls_name()).is_err() {
+            p(
+                "upstream.server_name",
+                format!(
+                    "`{}` is not a valid server name for TLS",
+                    up.tls_name()
+                ),
+            );
+        }
+        if let Some(ca) = &up.ca {
+            if let Err(e) = crate::tls::load_ca_file(ca) {
+                p("upstream.ca", e.to_string());
+            }
+        }
+        for (i, pin) in up.pin_sha256.iter().enumerate() {
+            let ok = base64::engine::general_purpose::STANDARD
+                .decode(pin.trim())
+                .map(|v| v.len() == 32)
+                .unwrap_or(false);
+            if !ok {
+                p(
+                    &format!("upstream.pin_sha256[{i}]"),
+                    "a pin must be the base64 SHA-256 of the server's public key (44 characters, as printed by `openssl x509 -pubkey | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64`)".to_owned(),
+                );
+            }
+        }
+    }
+    if let Credentials::Accounts(_) = route.credentials {
+        p(
+            "credentials",
+            "stored accounts are not available in this version yet; use `credentials: passthrough` (the client's own login)".to_owned(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("test.yaml"))
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match load(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+log: { level: debug, format: json }
+routes:
+  - name: isp-pop-apop
+    protocol: pop3
+    listen: 127.0.0.1:3999
+    upstream: { address: pop.example.net:110, security: none, auth: apop }
+  - name: isp-pops
+    protocol: pop3
+    listen: { address: "[::1]:3995" }
+    upstream: { address: pop.example.net:995, security: tls, auth: user, server_name: mail.example.net }
+  - name: lan
+    protocol: pop3
+    listen: 0.0.0.0:3996
+    allow: [192.168.0.0/16, "::ffff:10.0.0.0/104"]
+    upstream: { address: "[2001:db8::1]:995", auth: cram-md5 }
+    credentials: passthrough
+"#;
+
+    #[test]
+    fn a_good_file_parses_into_typed_values() {
+        let c = load(GOOD).expect("valid");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.routes.len(), 3);
+        let r = &c.routes[0];
+        assert_eq!(r.listen.address(), "127.0.0.1:3999".parse().expect("addr"));
+        assert_eq!(r.upstream.auth, UpstreamAuth::Apop);
+        assert_eq!(r.upstream.address.to_string(), "pop.example.net:110");
+        assert_eq!(r.allow_list().len(), 2, "default allow is loopback");
+        let r = &c.routes[1];
+        assert_eq!(r.upstream.tls_name(), "mail.example.net");
+        let r = &c.routes[2];
+        assert_eq!(r.upstream.security, Security::Tls, "tls is the default");
+        assert_eq!(r.upstream.address.host, "2001:db8::1");
+        assert_eq!(r.upstream.address.to_string(), "[2001:db8::1]:995");
+        assert_eq!(r.allow_list().len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_line() {
+        let e = load(
+            "routes:\n  - name: a\n    protocol: pop3\n    listen: 127.0.0.1:1\n    upstream: { address: h:1, auth: user, sekurity: tls }\n",
+        )
+        .expect_err("unknown key");
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].line, Some(5));
+        let text = e.to_string();
+        assert!(text.contains("test.yaml"), "{text}");
+        assert!(text.contains("sekurity"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_collected() {
+        let p = problems(
+            r#"
+admin: { listen: 127.0.0.1:9725 }
+routes:
+  - name: "bad name!"
+    protocol: pop3
+    listen: 0.0.0.0:3999
+    upstream: { address: pop.example.net:110, security: none, auth: user, ca: /nonexistent.pem }
+  - name: b
+    protocol: pop3
+    listen: 0.0.0.0:3999
+    allow: [10.0.0.0/8]
+    upstream: { address: pop.example.net:995, auth: login, pin_sha256: [short] }
+"#,
+        );
+        let all = p.join("\n");
+        for needle in [
+            "admin",
+            "route name must be",
+            "no `allow:` list",
+            "in clear",
+            "upstream.ca",
+            "already listens",
+            "not a pop3 login method",
+            "pin_sha256[0]",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn plaintext_passwords_need_an_explicit_opt_in() {
+        let base = "routes:\n  - name: a\n    protocol: pop3\n    listen: 127.0.0.1:1\n    upstream: { address: h:110, security: none, auth: AUTH";
+        for (auth, refused) in [
+            ("user", true),
+            ("plain", true),
+            ("apop", false),
+            ("cram-md5", false),
+        ] {
+            let text = format!("{} }}\n", base.replace("AUTH", auth));
+            assert_eq!(!problems(&text).is_empty(), refused, "auth {auth}");
+            let text = format!(
+                "{}, allow_plaintext_password: true }}\n",
+                base.replace("AUTH", auth)
+            );
+            assert!(problems(&text).is_empty(), "auth {auth} with opt-in");
+        }
+    }
+
+    #[test]
+    fn bad_addresses_say_what_to_write() {
+        for (listen, upstream) in [
+            ("localhost:3999", "h:110"),
+            ("127.0.0.1:3999", "h"),
+            ("127.0.0.1:3999", "h:0"),
+            ("127.0.0.1:3999", "bad host:1"),
+        ] {
+            let text = format!(
+                "routes:\n  - name: a\n    protocol: pop3\n    listen: {listen}\n    upstream: {{ address: \"{upstream}\", auth: apop, security: none }}\n"
+            );
+            let e = load(&text).expect_err("bad address");
+            let msg = e.to_string();
+            assert!(msg.contains("like"), "{msg}");
+            assert!(e.problems[0].line.is_some(), "{msg}");
+        }
+    }
+
+    #[test]
+    fn credentials_accept_passthrough_or_accounts() {
+        let base = "routes:\n  - name: a\n    protocol: pop3\n    listen: 127.0.0.1:1\n    upstream: { address: h:1, auth: apop, security: none }\n";
+        assert!(problems(&format!("{base}    credentials: passthrough\n")).is_empty());
+        let p = problems(&format!("{base}    credentials: stored\n"));
+        assert!(p[0].contains("not a credentials mode"), "{p:?}");
+        let p = problems(&format!(
+            "{base}    credentials:\n      accounts:\n        - {{ local_user: a, upstream_user: b, upstream_password_env: X }}\n"
+        ));
+        assert!(p[0].contains("not available in this version"), "{p:?}");
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        assert!(tracing_subscriber_filter_ok("info").is_ok());
+        assert!(tracing_subscriber_filter_ok("warn,postern_pop3=trace").is_ok());
+        assert!(tracing_subscriber_filter_ok("loud").is_err());
+        assert!(tracing_subscriber_filter_ok("").is_err());
+    }
+
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("config dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
+                if let Err(e) = Config::load(&path) {
+                    panic!("{e}");
+                }
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no example configs were found in {}", dir.display());
+    }
+}

@@ -1,0 +1,342 @@
+//! Byte I/O at the edge: a stream that may be plain or TLS, and a connection
+//! that owns its read buffer.
+//!
+//! The connection owns the buffer (not the caller) so reads are cancel-safe:
+//! a read that times out keeps what it already received. The buffer is also
+//! what the STARTTLS checks look at: bytes buffered past a TLS go-ahead are
+//! an injection attempt (CVE-2011-0411) and must never be carried over.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Size of a connection's read buffer; also the largest relay chunk.
+pub const READ_BUFFER: usize = 16 * 1024;
+
+/// A TCP stream, plain or wrapped in TLS.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS where postern is the client (upstream side).
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS where postern is the server (listen side).
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Tcp(_))
+    }
+
+    /// The negotiated TLS version, for logs.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        let v = match self {
+            Stream::Tcp(_) => return None,
+            Stream::TlsClient(s) => s.get_ref().1.protocol_version(),
+            Stream::TlsServer(s) => s.get_ref().1.protocol_version(),
+        };
+        v.and_then(|v| v.as_str())
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What [`Conn::read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LineRead {
+    /// A whole line, terminator included.
+    Line(Vec<u8>),
+    /// A line longer than the cap; it was discarded up to its end.
+    TooLong,
+    /// The peer closed the connection (any partial line is dropped).
+    Eof,
+}
+
+/// A stream plus its read buffer.
+#[derive(Debug)]
+pub struct Conn {
+    stream: Stream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Conn {
+    /// Wraps a stream with an empty buffer.
+    pub fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            buf: Vec::with_capacity(READ_BUFFER),
+            start: 0,
+        }
+    }
+
+    /// The stream, e.g. to ask whether it is TLS.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Bytes received but not consumed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks `n` buffered bytes as used.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads more bytes into the buffer; returns how many (0 at end of stream).
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= READ_BUFFER / 2) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        // Reading into spare capacity keeps the buffer at its fixed size
+        // unless a caller is assembling a line longer than it.
+        let want = READ_BUFFER.max(len + 1024);
+        self.buf.resize(want, 0);
+        match self.stream.read(&mut self.buf[len..]).await {
+            Ok(n) => {
+                self.buf.truncate(len + n);
+                Ok(n)
+            }
+            Err(e) => {
+                self.buf.truncate(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads one line ending in LF, at most `max` bytes long (terminator
+    /// included). A longer line is discarded through its LF and reported as
+    /// [`LineRead::TooLong`], so memory stays bounded whatever the peer sends.
+    pub async fn read_line(&mut self, max: usize) -> io::Result<LineRead> {
+        let mut scanned = 0;
+        loop {
+            let pending = self.buffered();
+            if let Some(i) = memchr::memchr(b'\n', &pending[scanned..]) {
+                let end = scanned + i + 1;
+                if end > max {
+                    self.consume(end);
+                    return Ok(LineRead::TooLong);
+                }
+                let line = pending[..end].to_vec();
+                self.consume(end);
+                return Ok(LineRead::Line(line));
+            }
+            scanned = pending.len();
+            if scanned > max {
+                // Drop what we have and skip to the end of this line.
+                self.consume(scanned);
+                loop {
+                    if self.fill().await? == 0 {
+                        return Ok(LineRead::Eof);
+                    }
+                    if let Some(i) = memchr::memchr(b'\n', self.buffered()) {
+                        self.consume(i + 1);
+                        return Ok(LineRead::TooLong);
+                    }
+                    let n = self.buffered().len();
+                    self.consume(n);
+                }
+            }
+            if self.fill().await? == 0 {
+                return Ok(LineRead::Eof);
+            }
+        }
+    }
+
+    /// Writes all bytes and flushes them (TLS needs the flush).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Closes the write side politely.
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Upgrades a plain upstream connection to TLS (STLS/STARTTLS).
+    ///
+    /// Refuses if any byte is buffered past the go-ahead: those bytes were
+    /// sent before the handshake, so an attacker could have injected them.
+    pub async fn upgrade_client(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Conn, UpgradeError> {
+        if !self.buffered().is_empty() {
+            return Err(UpgradeError::BytesAfterGoAhead);
+        }
+        let Stream::Tcp(tcp) = self.stream else {
+            return Err(UpgradeError::AlreadyTls);
+        };
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(UpgradeError::Handshake)?;
+        Ok(Conn::new(Stream::TlsClient(Box::new(tls))))
+    }
+}
+
+/// Why a STARTTLS upgrade did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// Bytes arrived after the go-ahead, before the handshake.
+    #[error("the peer sent data after the TLS go-ahead and before the handshake (possible injection attack)")]
+    BytesAfterGoAhead,
+    /// The stream is already encrypted.
+    #[error("the connection is already encrypted")]
+    AlreadyTls,
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (Conn, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (
+            Conn::new(Stream::Tcp(a.expect("connect"))),
+            b.expect("accept").0,
+        )
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_long_lines_discarded() {
+        let (mut conn, mut peer) = pair().await;
+        let long = vec![b'x'; 5000];
+        peer.write_all(b"ONE\r\nTW").await.expect("w");
+        peer.write_all(b"O\r\n").await.expect("w");
+        peer.write_all(&long).await.expect("w");
+        peer.write_all(b"\r\nTHREE\r\n").await.expect("w");
+        drop(peer);
+        assert_eq!(
+            conn.read_line(100).await.expect("r"),
+            LineRead::Line(b"ONE\r\n".to_vec())
+        );
+        assert_eq!(
+            conn.read_line(100).await.expect("r"),
+            LineRead::Line(b"TWO\r\n".to_vec())
+        );
+        assert_eq!(conn.read_line(100).await.expect("r"), LineRead::TooLong);
+        assert_eq!(
+            conn.read_line(100).await.expect("r"),
+            LineRead::Line(b"THREE\r\n".to_vec())
+        );
+        assert_eq!(conn.read_line(100).await.expect("r"), LineRead::Eof);
+    }
+
+    #[tokio::test]
+    async fn a_huge_line_does_not_grow_the_buffer() {
+        let (mut conn, mut peer) = pair().await;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'y'; 64 * 1024];
+            for _ in 0..64 {
+                peer.write_all(&chunk).await.expect("w");
+            }
+            peer.write_all(b"\r\nOK\r\n").await.expect("w");
+        });
+        assert_eq!(conn.read_line(255).await.expect("r"), LineRead::TooLong);
+        assert!(conn.buf.capacity() <= 2 * READ_BUFFER, "buffer grew");
+        assert_eq!(
+            conn.read_line(255).await.expect("r"),
+            LineRead::Line(b"OK\r\n".to_vec())
+        );
+        writer.await.expect("writer");
+    }
+
+    #[tokio::test]
+    async fn upgrade_refuses_bytes_after_the_go_ahead() {
+        let (mut conn, mut peer) = pair().await;
+        peer.write_all(b"+OK begin TLS\r\nINJECTED\r\n")
+            .await
+            .expect("w");
+        let line = conn.read_line(100).await.expect("r");
+        assert_eq!(line, LineRead::Line(b"+OK begin TLS\r\n".to_vec()));
+        // Make sure the injected bytes are in the buffer.
+        while conn.buffered().is_empty() {
+            conn.fill().await.expect("fill");
+        }
+        let config = crate::tls::client_config(&crate::config::Upstream {
+            address: "localhost:1".parse().expect("hp"),
+            security: crate::config::Security::Starttls,
+            auth: crate::config::UpstreamAuth::User,
+            ca: None,
+            server_name: None,
+            pin_sha256: vec![],
+            allow_plaintext_password: false,
+        })
+        .expect("config");
+        let name = ServerName::try_from("localhost").expect("name");
+        match conn.upgrade_client(config, name).await {
+            Err(UpgradeError::BytesAfterGoAhead) => {}
+            other => panic!("expected refusal, got {other:?}"),
+        }
+    }
+}

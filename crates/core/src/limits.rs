@@ -1,0 +1,23 @@
+//! Named limits and timeouts.
+//!
+//! These are the defaults; the hardening work makes them configurable per
+//! route. Each says where its number comes from.
+
+use std::time::Duration;
+
+/// Resolving and connecting to an upstream, per address tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A TLS handshake on either side.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Waiting for one upstream reply line (greeting, command replies).
+pub const UPSTREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Waiting for a client command before login.
+pub const CLIENT_PRELOGIN_IDLE: Duration = Duration::from_secs(120);
+/// Waiting for a client command after login: RFC 1939 §3 asks for at least 10 minutes.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(10 * 60);
+/// Writing to a peer that does not read.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long sessions may run on after SIGTERM/SIGINT.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Backoff after a failed `accept` (e.g. EMFILE), so the loop does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);

@@ -1,0 +1,181 @@
+//! Listeners: accept, check the allow-list, spawn one session per
+//! connection; on shutdown stop accepting, let sessions finish within a
+//! grace period, then close what is left.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::acl::Acl;
+use crate::limits;
+
+/// A session running to completion.
+pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// One protocol front end, as the listener sees it.
+pub trait Frontend: Send + Sync + 'static {
+    /// Written to a client the allow-list refuses, before closing.
+    fn refusal(&self) -> &'static [u8];
+    /// Runs one client session.
+    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture;
+}
+
+/// A listener bound for one route.
+pub struct Listener {
+    route: String,
+    listener: TcpListener,
+    acl: Acl,
+    frontend: Arc<dyn Frontend>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("route", &self.route)
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("route \"{route}\": cannot listen on {address}: {source}")]
+pub struct BindError {
+    /// The route.
+    pub route: String,
+    /// The address.
+    pub address: SocketAddr,
+    /// Why (in use, permission denied, no such address).
+    pub source: std::io::Error,
+}
+
+impl Listener {
+    /// Binds the route's address now, so errors surface at start-up.
+    pub async fn bind(
+        route: &str,
+        address: SocketAddr,
+        acl: Acl,
+        frontend: Arc<dyn Frontend>,
+    ) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(address).await.map_err(|source| BindError {
+            route: route.to_owned(),
+            address,
+            source,
+        })?;
+        Ok(Self {
+            route: route.to_owned(),
+            listener,
+            acl,
+            frontend,
+        })
+    }
+
+    /// The route name.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    async fn accept_loop(self, stop: CancellationToken, tracker: TaskTracker, abort: CancellationToken) {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = self.listener.accept() => r,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    tracing::warn!(route = %self.route, error = %e, "accept failed; pausing");
+                    tokio::time::sleep(limits::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            if !self.acl.allows(peer.ip()) {
+                tracing::warn!(route = %self.route, client = %peer, "refused: address not in the route's allow list");
+                let refusal = self.frontend.refusal();
+                tracker.spawn(async move {
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        let _ = stream.write_all(refusal).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
+                });
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let session = self.frontend.session(stream, peer);
+            let abort = abort.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = session => {}
+                    _ = abort.cancelled() => {}
+                }
+            });
+        }
+        tracing::debug!(route = %self.route, "stopped accepting");
+    }
+}
+
+/// All listeners of a running gateway.
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<Listener>,
+}
+
+impl Server {
+    /// A server over already-bound listeners.
+    pub fn new(listeners: Vec<Listener>) -> Self {
+        Self { listeners }
+    }
+
+    /// Route names and bound addresses.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| Some((l.route.clone(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains: sessions get
+    /// `grace` to finish before their connections are closed.
+    pub async fn serve(self, shutdown: CancellationToken, grace: Duration) {
+        let tracker = TaskTracker::new();
+        let abort = CancellationToken::new();
+        let mut loops = Vec::new();
+        for l in self.listeners {
+            tracing::info!(route = %l.route, listen = ?l.local_addr().ok(), "listening");
+            loops.push(tokio::spawn(l.accept_loop(
+                shutdown.clone(),
+                tracker.clone(),
+                abort.clone(),
+            )));
+        }
+        shutdown.cancelled().await;
+        for l in loops {
+            let _ = l.await;
+        }
+        tracker.close();
+        if !tracker.is_empty() {
+            tracing::info!(sessions = tracker.len(), grace = ?grace, "shutting down: waiting for sessions to finish");
+        }
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(sessions = tracker.len(), "grace period over: closing the remaining sessions");
+            abort.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!("stopped");
+    }
+}

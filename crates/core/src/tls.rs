@@ -1,0 +1,179 @@
+//! TLS client configuration for upstream connections (rustls 0.23, ring).
+//!
+//! Verification is always on: the bundled webpki roots plus the operating
+//! system's store, or only the CAs of a route's `ca:` file. The name checked
+//! and sent as SNI is `server_name:` or the host of `address:`. SPKI pins
+//! (`pin_sha256:`) are checked after, never instead of, normal verification.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::config::Upstream;
+
+/// A TLS setting could not be turned into a working configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsSetupError {
+    /// The CA file could not be read or holds no certificate.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration error: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// No trust anchors at all.
+    #[error("no trusted CA certificates could be loaded")]
+    NoRoots,
+}
+
+/// The crypto provider postern uses everywhere.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate from a PEM file; at least one is required.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let err = |reason: String| TlsSetupError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("not a valid PEM certificate file ({e})")))?;
+    if certs.is_empty() {
+        return Err(err(
+            "it contains no `-----BEGIN CERTIFICATE-----` block".to_owned()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Builds the client configuration for one route's upstream.
+pub fn client_config(up: &Upstream) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    match &up.ca {
+        Some(path) => {
+            for cert in load_ca_file(path)? {
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let native = rustls_native_certs::load_native_certs();
+            let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(TlsSetupError::NoRoots);
+    }
+    let provider = provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let pins = up
+        .pin_sha256
+        .iter()
+        .filter_map(|p| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(p.trim())
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok())
+        })
+        .collect::<Vec<_>>();
+    let verifier: Arc<dyn ServerCertVerifier> = if pins.is_empty() {
+        webpki
+    } else {
+        Arc::new(PinningVerifier {
+            inner: webpki,
+            pins,
+        })
+    };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The name to verify and send as SNI.
+pub fn server_name(up: &Upstream) -> Result<ServerName<'static>, TlsSetupError> {
+    ServerName::try_from(up.tls_name().to_owned())
+        .map_err(|e| TlsSetupError::Rustls(rustls::Error::General(e.to_string())))
+}
+
+/// SHA-256 over the DER SubjectPublicKeyInfo of a certificate.
+pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let digest = Sha256::digest(parsed.tbs_certificate.subject_pki.raw);
+    <[u8; 32]>::try_from(digest.as_slice()).ok()
+}
+
+/// Normal verification first, then the end-entity key must match a pin.
+#[derive(Debug)]
+struct PinningVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    pins: Vec<[u8; 32]>,
+}
+
+impl ServerCertVerifier for PinningVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match spki_sha256(end_entity) {
+            Some(hash) if self.pins.contains(&hash) => Ok(verified),
+            _ => Err(rustls::Error::General(
+                "the server's public key matches none of the configured pin_sha256 values"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
