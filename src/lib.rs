@@ -1,1 +1,165 @@
+//! postern: a secure mail gateway. Legacy clients speak plain POP3 (and,
+//! later, SMTP) to postern; postern carries each session to the real server
+//! in the secure mode it demands.
+//!
+//! The binary is a thin shell over this library so tests can run the whole
+//! gateway in-process: [`Gateway::bind`] then [`Gateway::serve`], or [`run`].
+#![forbid(unsafe_code)]
 
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use postern_core::acl::Acl;
+use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
+use postern_core::server::{BindError, Frontend, Listener, Server};
+use postern_core::tls::TlsSetupError;
+use tokio_util::sync::CancellationToken;
+
+pub use postern_core::config;
+pub use postern_core::limits::SHUTDOWN_GRACE;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A route's TLS settings could not be loaded.
+    #[error("route \"{route}\": {source}")]
+    Tls {
+        /// The route.
+        route: String,
+        /// Why.
+        source: TlsSetupError,
+    },
+    /// A listen address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The protocol has no front end in this version.
+    #[error("route \"{0}\": this protocol is not available in this version")]
+    Unsupported(String),
+}
+
+/// A gateway with every route's listener bound.
+#[derive(Debug)]
+pub struct Gateway {
+    server: Server,
+}
+
+impl Gateway {
+    /// Prepares every route and binds its listener. Upstreams are not
+    /// contacted: each session resolves and connects afresh.
+    pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let mut listeners = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let frontend: Arc<dyn Frontend> = match route.protocol {
+                Protocol::Pop3 => {
+                    Arc::new(postern_pop3::Pop3Frontend::new(route).map_err(|source| {
+                        StartError::Tls {
+                            route: route.name.clone(),
+                            source,
+                        }
+                    })?)
+                }
+                _ => return Err(StartError::Unsupported(route.name.clone())),
+            };
+            let acl = Acl::new(route.allow_list());
+            listeners
+                .push(Listener::bind(&route.name, route.listen.address(), acl, frontend).await?);
+        }
+        Ok(Self {
+            server: Server::new(listeners),
+        })
+    }
+
+    /// Route names with their bound addresses (real ports when 0 was configured).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.server.local_addrs()
+    }
+
+    /// The bound address of one route.
+    pub fn addr(&self, route: &str) -> Option<SocketAddr> {
+        self.local_addrs()
+            .into_iter()
+            .find_map(|(r, a)| (r == route).then_some(a))
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains for `grace`.
+    pub async fn serve(self, shutdown: CancellationToken, grace: std::time::Duration) {
+        self.server.serve(shutdown, grace).await;
+    }
+}
+
+/// Binds every route and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let gateway = Gateway::bind(&config).await?;
+    gateway.serve(shutdown, SHUTDOWN_GRACE).await;
+    Ok(())
+}
+
+/// Installs the global log subscriber: `RUST_LOG` if set, else `log.level`.
+pub fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
+}
+
+/// The route table `postern check` prints.
+pub fn route_table(config: &Config) -> String {
+    let mut rows = vec![[
+        "ROUTE".to_owned(),
+        "PROTOCOL".to_owned(),
+        "LISTEN".to_owned(),
+        "UPSTREAM".to_owned(),
+        "SECURITY".to_owned(),
+        "AUTH".to_owned(),
+        "ALLOW".to_owned(),
+    ]];
+    for r in &config.routes {
+        let allow = match &r.allow {
+            None => "loopback".to_owned(),
+            Some(nets) => nets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        rows.push([
+            r.name.clone(),
+            r.protocol.to_string(),
+            r.listen.address().to_string(),
+            r.upstream.address.to_string(),
+            r.upstream.security.to_string(),
+            r.upstream.auth.to_string(),
+            allow,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -720,10 +720,7 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
         if rustls_pki_types::ServerName::try_from(up.tls_name()).is_err() {
             p(
                 "upstream.server_name",
-                format!(
-                    "`{}` is not a valid server name for TLS",
-                    up.tls_name()
-                ),
+                format!("`{}` is not a valid server name for TLS", up.tls_name()),
             );
         }
         if let Some(ca) = &up.ca {

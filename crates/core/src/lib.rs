@@ -7,6 +7,7 @@ pub mod config;
 pub mod credentials;
 pub mod io;
 pub mod limits;
+pub mod sasl;
 pub mod secret;
 pub mod server;
 pub mod tls;

@@ -64,11 +64,13 @@ impl Listener {
         acl: Acl,
         frontend: Arc<dyn Frontend>,
     ) -> Result<Self, BindError> {
-        let listener = TcpListener::bind(address).await.map_err(|source| BindError {
-            route: route.to_owned(),
-            address,
-            source,
-        })?;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| BindError {
+                route: route.to_owned(),
+                address,
+                source,
+            })?;
         Ok(Self {
             route: route.to_owned(),
             listener,
@@ -87,7 +89,12 @@ impl Listener {
         self.listener.local_addr()
     }
 
-    async fn accept_loop(self, stop: CancellationToken, tracker: TaskTracker, abort: CancellationToken) {
+    async fn accept_loop(
+        self,
+        stop: CancellationToken,
+        tracker: TaskTracker,
+        abort: CancellationToken,
+    ) {
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -172,7 +179,10 @@ impl Server {
             tracing::info!(sessions = tracker.len(), grace = ?grace, "shutting down: waiting for sessions to finish");
         }
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-            tracing::warn!(sessions = tracker.len(), "grace period over: closing the remaining sessions");
+            tracing::warn!(
+                sessions = tracker.len(),
+                "grace period over: closing the remaining sessions"
+            );
             abort.cancel();
             tracker.wait().await;
         }

@@ -1,1 +1,13 @@
+//! postern's POP3 front end: a legacy client speaks plain POP3 to postern;
+//! postern logs in to the real server with USER/PASS, APOP, SASL PLAIN or
+//! CRAM-MD5, over plain TCP, implicit TLS or STLS, then relays the
+//! transaction state byte for byte.
+//!
+//! `proto` holds the protocol logic with no I/O; `session` is the tokio
+//! driver that owns the sockets and executes the machines' steps.
 #![forbid(unsafe_code)]
+
+pub mod proto;
+pub mod session;
+
+pub use session::Pop3Frontend;

@@ -1,1 +1,29 @@
+//! Dev-only helpers for postern's tests.
+//!
+//! - [`TestPki`]: a CA and server leaf minted per run with rcgen, with rustls
+//!   server/client configs built on the ring provider explicitly.
+//! - [`FakePop3`]: a scripted POP3 upstream on `127.0.0.1:0` (plain,
+//!   implicit TLS or STLS) that verifies USER/PASS, APOP, AUTH PLAIN and
+//!   AUTH CRAM-MD5 for real and logs [`Pop3Event`]s.
+//! - [`LineClient`]: a CRLF line client (plain, TLS, in-place upgrade) to
+//!   drive either the fakes or postern itself.
+//! - Digest helpers checked against the RFC 1939 and RFC 2195 vectors.
+//! - [`TempDir`]: a self-deleting temporary directory.
 #![forbid(unsafe_code)]
+
+mod auth;
+mod client;
+mod pki;
+mod pop3;
+mod tempdir;
+
+pub use auth::{
+    cram_md5_digest, cram_md5_response, lower_hex, rfc1939_apop_digest, sasl_plain_response,
+};
+pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
+pub use pki::{ring_provider, TestPki, DEFAULT_LEAF_NAMES, TEST_CA_COMMON_NAME};
+pub use pop3::{
+    dot_stuff, dot_unstuff, CapaBehaviour, FakePop3, FakeSecurity, LoggedEvent, Pop3Event,
+    Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP,
+};
+pub use tempdir::TempDir;

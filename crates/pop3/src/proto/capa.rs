@@ -1,0 +1,161 @@
+//! Capability rewriting (RFC 2449): a pure function from what the upstream
+//! offers and the route's policy to what postern advertises.
+//!
+//! postern never advertises what it cannot honour: the upstream's STLS and
+//! SASL list belong to postern's own login with the upstream, not to the
+//! client's; before login the client sees postern's login methods.
+
+use super::reply::Capabilities;
+
+/// The CAPA reply before login.
+///
+/// USER and SASL PLAIN are postern's own (it converts them to the route's
+/// upstream method). RESP-CODES and AUTH-RESP-CODE: postern's errors carry
+/// RFC 2449/3206 codes. PIPELINING: postern reads pipelined commands and
+/// answers them in order whatever the upstream does. TOP and UIDL are relayed,
+/// so they are offered only when the upstream lists them.
+pub fn before_login(upstream: Option<&Capabilities>) -> Vec<u8> {
+    let mut out = b"+OK Capability list follows\r\n".to_vec();
+    for cap in [
+        "USER",
+        "SASL PLAIN",
+        "RESP-CODES",
+        "AUTH-RESP-CODE",
+        "PIPELINING",
+    ] {
+        push_line(&mut out, cap.as_bytes());
+    }
+    for relayed in ["TOP", "UIDL"] {
+        if upstream.is_some_and(|c| c.has(relayed)) {
+            push_line(&mut out, relayed.as_bytes());
+        }
+    }
+    push_line(&mut out, b"IMPLEMENTATION postern");
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The CAPA reply after login: the upstream's transaction-state list
+/// without the login-related entries, plus PIPELINING (postern's own).
+pub fn after_login(upstream: &Capabilities) -> Vec<u8> {
+    const DROP: [&[u8]; 5] = [b"STLS", b"SASL", b"USER", b"IMPLEMENTATION", b"PIPELINING"];
+    let mut out = b"+OK Capability list follows\r\n".to_vec();
+    for line in upstream.lines() {
+        let name = line.split(|b| *b == b' ').next().unwrap_or_default();
+        let printable = line.iter().all(|b| (0x20..0x7f).contains(b));
+        if !printable || DROP.iter().any(|d| name.eq_ignore_ascii_case(d)) {
+            continue;
+        }
+        push_line(&mut out, line);
+    }
+    push_line(&mut out, b"PIPELINING");
+    push_line(&mut out, b"IMPLEMENTATION postern");
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+fn push_line(out: &mut Vec<u8>, line: &[u8]) {
+    if line.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(lines: &[&str]) -> Capabilities {
+        Capabilities::parse(lines.iter().map(|l| l.as_bytes()))
+    }
+
+    fn lines(reply: &[u8]) -> Vec<String> {
+        let text = String::from_utf8(reply.to_vec()).expect("ascii");
+        assert!(text.starts_with("+OK"));
+        assert!(text.ends_with("\r\n.\r\n"));
+        text.lines()
+            .skip(1)
+            .filter(|l| *l != ".")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn before_login_table() {
+        let full = caps(&[
+            "TOP",
+            "UIDL",
+            "STLS",
+            "SASL CRAM-MD5",
+            "USER",
+            "EXPIRE NEVER",
+        ]);
+        let bare = caps(&["USER"]);
+        for (upstream, want) in [
+            (
+                Some(&full),
+                vec![
+                    "USER",
+                    "SASL PLAIN",
+                    "RESP-CODES",
+                    "AUTH-RESP-CODE",
+                    "PIPELINING",
+                    "TOP",
+                    "UIDL",
+                    "IMPLEMENTATION postern",
+                ],
+            ),
+            (
+                Some(&bare),
+                vec![
+                    "USER",
+                    "SASL PLAIN",
+                    "RESP-CODES",
+                    "AUTH-RESP-CODE",
+                    "PIPELINING",
+                    "IMPLEMENTATION postern",
+                ],
+            ),
+            (
+                None,
+                vec![
+                    "USER",
+                    "SASL PLAIN",
+                    "RESP-CODES",
+                    "AUTH-RESP-CODE",
+                    "PIPELINING",
+                    "IMPLEMENTATION postern",
+                ],
+            ),
+        ] {
+            assert_eq!(lines(&before_login(upstream)), want);
+        }
+    }
+
+    #[test]
+    fn after_login_drops_login_entries_and_control_bytes() {
+        let upstream = caps(&[
+            "TOP",
+            "UIDL",
+            "STLS",
+            "SASL PLAIN CRAM-MD5",
+            "USER",
+            "RESP-CODES",
+            "IMPLEMENTATION Dovecot",
+            "EXPIRE NEVER",
+            "X-EVIL \x1b[31m",
+        ]);
+        assert_eq!(
+            lines(&after_login(&upstream)),
+            vec![
+                "TOP",
+                "UIDL",
+                "RESP-CODES",
+                "EXPIRE NEVER",
+                "PIPELINING",
+                "IMPLEMENTATION postern"
+            ]
+        );
+    }
+}

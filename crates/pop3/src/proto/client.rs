@@ -1,0 +1,234 @@
+//! The client-facing AUTHORIZATION state (RFC 1939 §4, RFC 5034).
+//!
+//! ```text
+//!            USER name              PASS pw
+//!   Idle ───────────────► HaveUser ─────────► Step::Login ─► (driver logs in upstream)
+//!    │  AUTH PLAIN                                 ▲
+//!    ├──────────────────► SaslPlain ── base64 ─────┘
+//!    │  AUTH PLAIN ir ─────────────────────────────┘
+//!    │  CAPA / AUTH / bad input ─► Step::Reply (state unchanged or back to Idle)
+//!    └─ QUIT ─► Step::Quit
+//! ```
+//! The machine never touches a socket: it turns a client line into a step.
+
+use std::borrow::Cow;
+
+use postern_core::credentials::Login;
+use postern_core::sasl::{self, SaslError};
+use postern_core::Secret;
+
+use super::command::{self, Command, MAX_COMMAND_LINE, MAX_SASL_LINE};
+
+/// The longest line accepted before login: a little over 255 because some
+/// clients send long `AUTH PLAIN` initial responses on the command line.
+pub const MAX_AUTHORIZATION_LINE: usize = 1024;
+
+/// What the driver should do next.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Step {
+    /// Send these bytes to the client and read the next line.
+    Reply(Cow<'static, [u8]>),
+    /// Log in upstream with this login, then answer the client.
+    Login(Login),
+    /// Answer `+OK` to QUIT and close.
+    Quit,
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    HaveUser(Vec<u8>),
+    SaslPlain,
+}
+
+/// The AUTHORIZATION-state machine for one client.
+#[derive(Debug)]
+pub struct Authorization {
+    state: State,
+    capa: Vec<u8>,
+}
+
+fn reply(s: &'static str) -> Step {
+    Step::Reply(Cow::Borrowed(s.as_bytes()))
+}
+
+impl Authorization {
+    /// A machine that answers CAPA with `capa` (see [`super::capa::before_login`]).
+    pub fn new(capa: Vec<u8>) -> Self {
+        Self {
+            state: State::Idle,
+            capa,
+        }
+    }
+
+    /// The line-length cap for the next client line.
+    pub fn max_line(&self) -> usize {
+        match self.state {
+            State::SaslPlain => MAX_SASL_LINE,
+            _ => MAX_AUTHORIZATION_LINE.max(MAX_COMMAND_LINE),
+        }
+    }
+
+    /// A line was too long: answer and reset.
+    pub fn on_too_long(&mut self) -> Step {
+        self.state = State::Idle;
+        reply("-ERR Line too long\r\n")
+    }
+
+    /// Handles one complete line from the client.
+    pub fn on_line(&mut self, line: &[u8]) -> Step {
+        if let State::SaslPlain = self.state {
+            self.state = State::Idle;
+            let response = command::strip_eol(line);
+            if response == b"*" {
+                return reply("-ERR Authentication cancelled\r\n");
+            }
+            return self.plain(response);
+        }
+        let have_user = match std::mem::replace(&mut self.state, State::Idle) {
+            State::HaveUser(u) => Some(u),
+            _ => None,
+        };
+        match command::parse(line) {
+            Command::Capa => Step::Reply(Cow::Owned(self.capa.clone())),
+            Command::User(name) => {
+                self.state = State::HaveUser(name.to_vec());
+                reply("+OK Send the password\r\n")
+            }
+            Command::Pass(password) => match have_user {
+                Some(user) => match Login::new(&user, Secret::from(password)) {
+                    Ok(login) => Step::Login(login),
+                    Err(_) => reply("-ERR [AUTH] Invalid user name or password\r\n"),
+                },
+                None => reply("-ERR Send USER first\r\n"),
+            },
+            Command::Auth {
+                mechanism: None, ..
+            } => reply("+OK Mechanisms follow\r\nPLAIN\r\n.\r\n"),
+            Command::Auth {
+                mechanism: Some(m),
+                initial,
+            } if m.eq_ignore_ascii_case(b"PLAIN") => match initial {
+                Some(ir) => self.plain(ir),
+                None => {
+                    self.state = State::SaslPlain;
+                    reply("+ \r\n")
+                }
+            },
+            Command::Auth { .. } => reply("-ERR Unsupported authentication mechanism\r\n"),
+            Command::Apop => reply(
+                "-ERR APOP is not available here; log in with USER/PASS or AUTH PLAIN (postern protects the password upstream)\r\n",
+            ),
+            Command::Stls => reply("-ERR STLS is not available on this port\r\n"),
+            Command::Quit => Step::Quit,
+            Command::Transaction(_) => reply("-ERR Log in first\r\n"),
+            Command::Empty => reply("-ERR Empty command\r\n"),
+            Command::Invalid(why) => Step::Reply(Cow::Owned(format!("-ERR {why}\r\n").into_bytes())),
+        }
+    }
+
+    fn plain(&mut self, b64: &[u8]) -> Step {
+        let decoded = match sasl::decode(b64) {
+            Ok(d) => d,
+            Err(_) => return reply("-ERR Invalid base64 in AUTH PLAIN\r\n"),
+        };
+        match sasl::parse_plain(&decoded) {
+            Ok(login) => Step::Login(login),
+            Err(SaslError::AuthzidDiffers) => reply(
+                "-ERR [AUTH] Logging in as another user (authorization identity) is not supported\r\n",
+            ),
+            Err(_) => reply("-ERR [AUTH] Invalid AUTH PLAIN message\r\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn machine() -> Authorization {
+        Authorization::new(b"+OK caps\r\n.\r\n".to_vec())
+    }
+
+    fn text(step: Step) -> String {
+        match step {
+            Step::Reply(r) => String::from_utf8_lossy(&r).into_owned(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn login(step: Step) -> (String, Vec<u8>) {
+        match step {
+            Step::Login(l) => (l.user().to_owned(), l.password().expose().to_vec()),
+            other => panic!("expected a login, got {other:?}"),
+        }
+    }
+
+    fn b64(s: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    #[test]
+    fn user_pass_with_spaces_in_the_password() {
+        let mut m = machine();
+        assert!(text(m.on_line(b"USER tim\r\n")).starts_with("+OK"));
+        let (u, p) = login(m.on_line(b"PASS tan staaf \r\n"));
+        assert_eq!((u.as_str(), p.as_slice()), ("tim", &b"tan staaf "[..]));
+        // Back to idle: PASS alone now needs USER again.
+        assert!(text(m.on_line(b"PASS x\r\n")).starts_with("-ERR"));
+    }
+
+    #[test]
+    fn auth_plain_initial_response_and_continuation() {
+        let mut m = machine();
+        let ir = b64(b"\0tim\0secret");
+        let (u, p) = login(m.on_line(format!("AUTH PLAIN {ir}\r\n").as_bytes()));
+        assert_eq!((u.as_str(), p.as_slice()), ("tim", &b"secret"[..]));
+
+        assert_eq!(text(m.on_line(b"auth plain\r\n")), "+ \r\n");
+        assert_eq!(m.max_line(), MAX_SASL_LINE);
+        let (u, _) = login(m.on_line(format!("{}\r\n", b64(b"tim\0tim\0pw")).as_bytes()));
+        assert_eq!(u, "tim");
+
+        assert_eq!(text(m.on_line(b"AUTH PLAIN\r\n")), "+ \r\n");
+        assert!(text(m.on_line(b"*\r\n")).starts_with("-ERR"));
+        assert!(text(m.on_line(b"CAPA\r\n")).starts_with("+OK caps"));
+    }
+
+    #[test]
+    fn refusals() {
+        let mut m = machine();
+        let other = b64(b"admin\0tim\0pw");
+        assert!(text(m.on_line(format!("AUTH PLAIN {other}\r\n").as_bytes())).contains("[AUTH]"));
+        let injected = b64(b"\0tim\0pw\r\nDELE 1");
+        assert!(
+            text(m.on_line(format!("AUTH PLAIN {injected}\r\n").as_bytes())).contains("[AUTH]")
+        );
+        assert!(text(m.on_line(b"AUTH PLAIN !!!\r\n")).starts_with("-ERR"));
+        assert!(text(m.on_line(b"AUTH CRAM-MD5\r\n")).starts_with("-ERR"));
+        assert!(text(m.on_line(b"AUTH\r\n")).contains("PLAIN"));
+        assert!(text(m.on_line(b"RETR 1\r\n")).starts_with("-ERR"));
+        assert!(
+            text(m.on_line(b"APOP tim c4c9334bac560ecc979e58001b3e22fb\r\n")).starts_with("-ERR")
+        );
+        assert!(text(m.on_line(b"STLS\r\n")).starts_with("-ERR"));
+        assert!(text(m.on_line(b"\r\n")).starts_with("-ERR"));
+        assert!(text(m.on_line(b"HELO x\r\n")).starts_with("-ERR"));
+        assert!(matches!(m.on_line(b"QUIT\r\n"), Step::Quit));
+    }
+
+    #[test]
+    fn pipelined_lines_in_one_buffer() {
+        // The driver splits lines; the machine must handle them back to back.
+        let mut m = machine();
+        let mut steps = Vec::new();
+        for line in b"CAPA\r\nUSER a\r\nPASS b\r\n".split_inclusive(|b| *b == b'\n') {
+            steps.push(m.on_line(line));
+        }
+        assert!(matches!(steps[0], Step::Reply(_)));
+        assert!(matches!(steps[1], Step::Reply(_)));
+        assert!(matches!(steps[2], Step::Login(_)));
+    }
+}

@@ -1,0 +1,513 @@
+//! The tokio driver of one POP3 session: it owns both sockets, their
+//! buffers and deadlines, and executes what the `proto` machines decide.
+//!
+//! Phases: connect upstream (TLS, STLS, CAPA) → greet the client → client
+//! AUTHORIZATION, each login carried upstream → TRANSACTION relay. The
+//! greeting waits for the upstream so a client of an unreachable server gets
+//! `-ERR [SYS/TEMP]` straight away, and so CAPA can tell what the server has.
+//!
+//! Invariants kept here:
+//! - a multi-line reply reaches the client exactly as the server sent it,
+//!   streamed chunk by chunk; if the server dies before its terminator the
+//!   client connection is closed, never completed with a synthetic `.`;
+//! - a client that goes away without QUIT makes postern drop the upstream
+//!   without QUIT, so nothing is deleted (RFC 1939 §6);
+//! - no password, digest or SASL payload is ever logged.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_core::config::{Route, Security};
+use postern_core::credentials::CredentialSource;
+use postern_core::io::{Conn, LineRead, Stream};
+use postern_core::limits;
+use postern_core::server::{Frontend, SessionFuture};
+use postern_core::tls::{self, TlsSetupError};
+use postern_core::upstream::{self, TlsTarget, UpstreamError};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::proto::capa;
+use crate::proto::client::{self, Authorization};
+use crate::proto::command::{self, Command, MAX_COMMAND_LINE};
+use crate::proto::reply::{
+    parse_status, unstuff, BodyEnd, Capabilities, RespCode, Status, MAX_COLLECTED, MAX_REPLY_LINE,
+};
+use crate::proto::upstream::{Step, UpstreamLogin};
+
+/// What every session of one route shares.
+#[derive(Debug)]
+struct RouteContext {
+    name: String,
+    upstream: postern_core::config::Upstream,
+    tls: Option<TlsTarget>,
+    credentials: CredentialSource,
+}
+
+/// The POP3 front end of one route.
+#[derive(Debug, Clone)]
+pub struct Pop3Frontend {
+    ctx: Arc<RouteContext>,
+}
+
+impl Pop3Frontend {
+    /// Prepares a route: builds its TLS client configuration once.
+    pub fn new(route: &Route) -> Result<Self, TlsSetupError> {
+        let tls = match route.upstream.security {
+            Security::None => None,
+            _ => Some(TlsTarget {
+                config: tls::client_config(&route.upstream)?,
+                name: tls::server_name(&route.upstream)?,
+            }),
+        };
+        Ok(Self {
+            ctx: Arc::new(RouteContext {
+                name: route.name.clone(),
+                upstream: route.upstream.clone(),
+                tls,
+                credentials: CredentialSource::from_config(&route.credentials),
+            }),
+        })
+    }
+}
+
+impl Frontend for Pop3Frontend {
+    fn refusal(&self) -> &'static [u8] {
+        b"-ERR [SYS/PERM] Access denied\r\n"
+    }
+
+    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture {
+        let ctx = self.ctx.clone();
+        let span = tracing::info_span!("pop3", route = %ctx.name, client = %peer);
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let mut client = Conn::new(Stream::Tcp(stream));
+                let mut user = None;
+                let end = run(&ctx, &mut client, &mut user).await;
+                client.shutdown().await;
+                let ms = started.elapsed().as_millis() as u64;
+                let user = user.as_deref().unwrap_or("-");
+                match end {
+                    End::Quit => tracing::info!(user, ms, "session ended with QUIT"),
+                    End::ClientGone(why) => {
+                        tracing::info!(user, ms, why, "client left without QUIT; upstream dropped without QUIT, nothing deleted")
+                    }
+                    End::Upstream(e) => tracing::warn!(
+                        user,
+                        ms,
+                        upstream = %ctx.upstream.address,
+                        cause = %e,
+                        "session failed on the upstream side"
+                    ),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    Quit,
+    ClientGone(&'static str),
+    Upstream(UpstreamError),
+}
+
+impl From<UpstreamError> for End {
+    fn from(e: UpstreamError) -> Self {
+        End::Upstream(e)
+    }
+}
+
+const TEMP_FAILURE: &[u8] =
+    b"-ERR [SYS/TEMP] The mail server is not available; try again later\r\n";
+
+async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -> End {
+    let (mut up, mut machine) = match connect(ctx).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = write_client(client, TEMP_FAILURE).await;
+            return End::Upstream(e);
+        }
+    };
+    tracing::debug!(tls = ?up.stream().tls_version(), "upstream ready");
+    if let Err(why) = write_client(client, b"+OK postern POP3 gateway ready\r\n").await {
+        return End::ClientGone(why);
+    }
+    let mut auth = Authorization::new(capa::before_login(machine.capabilities()));
+
+    // AUTHORIZATION: every login the client gives is tried upstream.
+    loop {
+        let line = match read_client(client, auth.max_line(), limits::CLIENT_PRELOGIN_IDLE).await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                let step = auth.on_too_long();
+                if let Err(why) = reply_step(client, step).await {
+                    return End::ClientGone(why);
+                }
+                continue;
+            }
+            Err(why) => return End::ClientGone(why),
+        };
+        let login = match auth.on_line(&line) {
+            client::Step::Login(login) => login,
+            client::Step::Quit => {
+                // Nothing to commit before login; tell the server politely.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), up.write_all(b"QUIT\r\n")).await;
+                let _ = write_client(client, b"+OK Bye\r\n").await;
+                return End::Quit;
+            }
+            step => {
+                if let Err(why) = reply_step(client, step).await {
+                    return End::ClientGone(why);
+                }
+                continue;
+            }
+        };
+        let name = login.user().to_owned();
+        let Ok(login) = ctx.credentials.resolve(login) else {
+            if let Err(why) = write_client(client, b"-ERR [AUTH] Authentication failed\r\n").await {
+                return End::ClientGone(why);
+            }
+            continue;
+        };
+        let first = machine.authenticate(login);
+        let (conn, step) = match drive(ctx, up, &mut machine, first).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = write_client(client, TEMP_FAILURE).await;
+                return End::Upstream(e);
+            }
+        };
+        up = conn;
+        match step {
+            Step::LoggedIn => {
+                tracing::info!(user = %name, "logged in upstream");
+                *user = Some(name);
+                if let Err(why) = write_client(client, b"+OK Logged in\r\n").await {
+                    return End::ClientGone(why);
+                }
+                break;
+            }
+            Step::Refused(code) => {
+                tracing::warn!(user = %name, code = ?code, "the upstream refused the login");
+                let answer: &[u8] = match code {
+                    RespCode::InUse => b"-ERR [IN-USE] The mailbox is in use by another session\r\n",
+                    RespCode::LoginDelay => b"-ERR [LOGIN-DELAY] Logged in too recently; try again later\r\n",
+                    RespCode::SysTemp => b"-ERR [SYS/TEMP] The mail server has a temporary problem; try again later\r\n",
+                    RespCode::SysPerm => b"-ERR [SYS/PERM] The mail server refused the login\r\n",
+                    _ => b"-ERR [AUTH] Authentication failed\r\n",
+                };
+                if let Err(why) = write_client(client, answer).await {
+                    return End::ClientGone(why);
+                }
+            }
+            other => {
+                let _ = write_client(client, TEMP_FAILURE).await;
+                return End::Upstream(UpstreamError::Protocol(format!(
+                    "internal: unexpected login step {other:?}"
+                )));
+            }
+        }
+    }
+
+    transaction(client, &mut up).await
+}
+
+/// Connects, secures and greets the upstream up to the point of login.
+async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamLogin), UpstreamError> {
+    let up = &ctx.upstream;
+    let conn = match (&ctx.tls, up.security) {
+        (Some(tls), Security::Tls) => upstream::connect_tls(&up.address, tls).await?,
+        _ => Conn::new(Stream::Tcp(upstream::connect_tcp(&up.address).await?)),
+    };
+    let mut machine = UpstreamLogin::new(up.security, up.auth);
+    let first = machine.start();
+    let (conn, step) = drive(ctx, conn, &mut machine, first).await?;
+    match step {
+        Step::Ready => Ok((conn, machine)),
+        other => Err(UpstreamError::Protocol(format!(
+            "internal: unexpected step before login {other:?}"
+        ))),
+    }
+}
+
+/// Executes upstream steps until the machine needs the client again.
+async fn drive(
+    ctx: &RouteContext,
+    mut up: Conn,
+    machine: &mut UpstreamLogin,
+    mut step: Step,
+) -> Result<(Conn, Step), UpstreamError> {
+    loop {
+        step = match step {
+            Step::Read => {
+                let (status, body) =
+                    read_reply(&mut up, machine.expects_body(), machine.phase()).await?;
+                machine.on_reply(&status, &body)
+            }
+            Step::Send(bytes) => {
+                // The bytes may hold a password or digest: log the phase only.
+                tracing::trace!(phase = machine.phase(), "sending to upstream");
+                write_upstream(&mut up, &bytes).await?;
+                let (status, body) =
+                    read_reply(&mut up, machine.expects_body(), machine.phase()).await?;
+                machine.on_reply(&status, &body)
+            }
+            Step::StartTls => {
+                let Some(tls) = &ctx.tls else {
+                    return Err(UpstreamError::Protocol(
+                        "internal: STLS without TLS settings".to_owned(),
+                    ));
+                };
+                up = upstream::starttls(up, tls).await?;
+                tracing::debug!(tls = ?up.stream().tls_version(), "upstream STLS done");
+                machine.on_tls()
+            }
+            Step::Fail(why) => return Err(UpstreamError::Protocol(why)),
+            done => return Ok((up, done)),
+        }
+    }
+}
+
+/// Reads a status line and, when positive and `body` is wanted, the whole
+/// (small, bounded) multi-line body, unstuffed.
+async fn read_reply(
+    up: &mut Conn,
+    body: bool,
+    phase: &'static str,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), UpstreamError> {
+    let status = read_upstream_line(up, phase).await?;
+    let mut lines = Vec::new();
+    if body && matches!(parse_status(&status), Some(Status::Ok(_))) {
+        let mut total = 0;
+        loop {
+            let line = read_upstream_line(up, phase).await?;
+            if line == b".\r\n" {
+                break;
+            }
+            total += line.len();
+            if total > MAX_COLLECTED || !line.ends_with(b"\r\n") {
+                return Err(UpstreamError::Protocol(format!(
+                    "the server's multi-line reply to {phase} is malformed or too long"
+                )));
+            }
+            lines.push(unstuff(command::strip_eol(&line)).to_vec());
+        }
+    }
+    Ok((status, lines))
+}
+
+async fn read_upstream_line(up: &mut Conn, phase: &'static str) -> Result<Vec<u8>, UpstreamError> {
+    match upstream::deadline(
+        limits::UPSTREAM_REPLY_TIMEOUT,
+        phase,
+        up.read_line(MAX_REPLY_LINE),
+    )
+    .await?
+    {
+        LineRead::Line(l) => Ok(l),
+        LineRead::TooLong => Err(UpstreamError::Protocol(format!(
+            "the server sent a line longer than {MAX_REPLY_LINE} bytes during {phase}"
+        ))),
+        LineRead::Eof => Err(UpstreamError::Closed(phase)),
+        _ => Err(UpstreamError::Protocol("unreadable reply".to_owned())),
+    }
+}
+
+async fn write_upstream(up: &mut Conn, bytes: &[u8]) -> Result<(), UpstreamError> {
+    upstream::deadline(
+        limits::WRITE_TIMEOUT,
+        "writing to the server",
+        up.write_all(bytes),
+    )
+    .await
+}
+
+/// Reads one client line: `Ok(None)` if it was too long (already discarded),
+/// `Err` when the client is gone or idle too long.
+async fn read_client(
+    client: &mut Conn,
+    max: usize,
+    idle: Duration,
+) -> Result<Option<Vec<u8>>, &'static str> {
+    match tokio::time::timeout(idle, client.read_line(max)).await {
+        Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
+        Ok(Ok(LineRead::TooLong)) => Ok(None),
+        Ok(Ok(_)) => Err("client closed the connection"),
+        Ok(Err(_)) => Err("client connection failed"),
+        Err(_) => Err("client idle timeout"),
+    }
+}
+
+async fn write_client(client: &mut Conn, bytes: &[u8]) -> Result<(), &'static str> {
+    match tokio::time::timeout(limits::WRITE_TIMEOUT, client.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("client connection failed"),
+        Err(_) => Err("client stopped reading"),
+    }
+}
+
+async fn reply_step(client: &mut Conn, step: client::Step) -> Result<(), &'static str> {
+    match step {
+        client::Step::Reply(bytes) => write_client(client, &bytes).await,
+        _ => Ok(()),
+    }
+}
+
+/// The TRANSACTION state: relay, one command at a time, in order.
+async fn transaction(client: &mut Conn, up: &mut Conn) -> End {
+    let mut cmd = Vec::with_capacity(64);
+    loop {
+        let line = match read_client(client, MAX_COMMAND_LINE, limits::CLIENT_IDLE).await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                if let Err(why) = write_client(client, b"-ERR Line too long\r\n").await {
+                    return End::ClientGone(why);
+                }
+                continue;
+            }
+            // RFC 1939 §3: an idle or vanished client never commits deletions.
+            Err(why) => return End::ClientGone(why),
+        };
+        let local: Cow<'static, [u8]> = match command::parse(&line) {
+            Command::Transaction(t) => {
+                cmd.clear();
+                t.write_to(&mut cmd);
+                if let Err(end) = relay(client, up, &cmd, t.multiline()).await {
+                    return end;
+                }
+                continue;
+            }
+            Command::Capa => {
+                if let Err(end) = relay_capa(client, up).await {
+                    return end;
+                }
+                continue;
+            }
+            Command::Quit => return quit(client, up).await,
+            Command::User(_) | Command::Pass(_) | Command::Apop | Command::Auth { .. } => {
+                Cow::Borrowed(b"-ERR Already logged in\r\n")
+            }
+            Command::Stls => Cow::Borrowed(b"-ERR STLS is not available after login\r\n"),
+            Command::Empty => Cow::Borrowed(b"-ERR Empty command\r\n"),
+            // Unknown verbs are answered here, not forwarded: guessing the
+            // shape of an unknown reply would desynchronise the framing.
+            Command::Invalid(why) => Cow::Owned(format!("-ERR {why}\r\n").into_bytes()),
+        };
+        if let Err(why) = write_client(client, &local).await {
+            return End::ClientGone(why);
+        }
+    }
+}
+
+/// Sends one command and relays its reply; a multi-line body is streamed.
+async fn relay(client: &mut Conn, up: &mut Conn, cmd: &[u8], multiline: bool) -> Result<(), End> {
+    let status = match send_and_read_status(up, cmd).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = write_client(client, TEMP_FAILURE).await;
+            return Err(End::Upstream(e));
+        }
+    };
+    write_client(client, &status)
+        .await
+        .map_err(End::ClientGone)?;
+    if multiline && matches!(parse_status(&status), Some(Status::Ok(_))) {
+        relay_body(client, up).await?;
+    }
+    Ok(())
+}
+
+async fn send_and_read_status(up: &mut Conn, cmd: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+    write_upstream(up, cmd).await?;
+    let status = read_upstream_line(up, "a command reply").await?;
+    match parse_status(&status) {
+        Some(Status::Ok(_) | Status::Err(_)) if status.ends_with(b"\r\n") => Ok(status),
+        _ => Err(UpstreamError::Protocol(
+            "the server's reply is not a POP3 status line".to_owned(),
+        )),
+    }
+}
+
+/// Streams a multi-line body to the client up to and including the
+/// server's own terminator. Nothing is collected: each chunk read is
+/// written on. If the server stops early the error closes the client.
+async fn relay_body(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
+    let mut end = BodyEnd::new();
+    loop {
+        if up.buffered().is_empty() {
+            let n = upstream::deadline(
+                limits::UPSTREAM_REPLY_TIMEOUT,
+                "a message transfer",
+                up.fill(),
+            )
+            .await
+            .map_err(End::Upstream)?;
+            if n == 0 {
+                return Err(End::Upstream(UpstreamError::Closed(
+                    "in the middle of a multi-line reply",
+                )));
+            }
+        }
+        let chunk = up.buffered();
+        let (take, done) = match end.feed(chunk) {
+            Some(n) => (n, true),
+            None => (chunk.len(), false),
+        };
+        write_client(client, &chunk[..take])
+            .await
+            .map_err(End::ClientGone)?;
+        up.consume(take);
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// CAPA after login: the server's list, rewritten (see [`capa::after_login`]).
+async fn relay_capa(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
+    let fetched = async {
+        write_upstream(up, b"CAPA\r\n").await?;
+        read_reply(up, true, "CAPA").await
+    }
+    .await;
+    let (status, body) = match fetched {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = write_client(client, TEMP_FAILURE).await;
+            return Err(End::Upstream(e));
+        }
+    };
+    let answer = match parse_status(&status) {
+        Some(Status::Ok(_)) => {
+            capa::after_login(&Capabilities::parse(body.iter().map(Vec::as_slice)))
+        }
+        _ => b"-ERR CAPA is not supported by the mail server\r\n".to_vec(),
+    };
+    write_client(client, &answer).await.map_err(End::ClientGone)
+}
+
+/// QUIT after login: the server commits deletions (UPDATE state) and its
+/// answer, good or bad, is the client's answer.
+async fn quit(client: &mut Conn, up: &mut Conn) -> End {
+    match send_and_read_status(up, b"QUIT\r\n").await {
+        Ok(status) => {
+            let _ = write_client(client, &status).await;
+            End::Quit
+        }
+        Err(e) => {
+            let _ = write_client(
+                client,
+                b"-ERR [SYS/TEMP] The mail server did not confirm QUIT; deletions may not have been made\r\n",
+            )
+            .await;
+            End::Upstream(e)
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! A small line-oriented test client (POP3 or SMTP) over plain TCP, implicit
+//! TLS, or plain upgraded in place with STLS/STARTTLS.
+//!
+//! The client owns its read buffer, so bytes a server sends past a reply
+//! (e.g. injected after "+OK Begin TLS") stay visible via
+//! [`LineClient::buffered`]. Every read is bounded by [`LineClient::timeout`]
+//! so a silent peer fails the test instead of hanging it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Default bound on each read.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest line the client accepts before calling the peer broken.
+const MAX_LINE: usize = 64 * 1024;
+
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while an upgrade is in flight or after one failed.
+    Gone,
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "stream lost in a failed TLS upgrade",
+    )
+}
+
+fn server_name(name: &str) -> io::Result<ServerName<'static>> {
+    ServerName::try_from(name.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// A test client speaking CRLF lines.
+pub struct LineClient {
+    stream: ClientStream,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for LineClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineClient")
+            .field("tls", &self.is_tls())
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
+impl LineClient {
+    /// Connect in plain TCP.
+    pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        Ok(Self::from_stream(ClientStream::Plain(tcp)))
+    }
+
+    /// Connect with implicit TLS (handshake before any protocol byte).
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> io::Result<Self> {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = TlsConnector::from(config)
+            .connect(server_name(name)?, tcp)
+            .await?;
+        Ok(Self::from_stream(ClientStream::Tls(Box::new(tls))))
+    }
+
+    fn from_stream(stream: ClientStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+
+    /// Change the per-read timeout.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The per-read timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the connection is TLS now.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, ClientStream::Tls(_))
+    }
+
+    /// Bytes received but not yet consumed as a line.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Upgrade a plain connection to TLS in place (after the caller got the
+    /// server's go-ahead). Fails, without touching the socket, if bytes are
+    /// still buffered: a real client must treat those as an injection
+    /// attempt (RFC 2595 §4, CVE-2011-0411).
+    pub async fn upgrade_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} bytes buffered before TLS upgrade", self.buf.len()),
+            ));
+        }
+        let name = server_name(name)?;
+        let tcp = match std::mem::replace(&mut self.stream, ClientStream::Gone) {
+            ClientStream::Plain(tcp) => tcp,
+            other => {
+                self.stream = other;
+                return Err(io::Error::other("connection is not plain"));
+            }
+        };
+        let tls = TlsConnector::from(config).connect(name, tcp).await?;
+        self.stream = ClientStream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Send `line` followed by CRLF.
+    pub async fn send(&mut self, line: &str) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.send_raw(&bytes).await
+    }
+
+    /// Send bytes verbatim, in one write.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Read more bytes into the buffer; `Ok(0)` on EOF.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))??;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Read until at least `n` bytes are buffered (e.g. to see bytes a
+    /// server wrote after its last reply). EOF first is `UnexpectedEof`.
+    pub async fn fill_to(&mut self, n: usize) -> io::Result<()> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF with {} of {n} bytes buffered", self.buf.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one line and return it without its CRLF (a bare LF also ends a
+    /// line). EOF before a whole line is `UnexpectedEof`.
+    pub async fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return String::from_utf8(line)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            if self.fill().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF with {} bytes of partial line", self.buf.len()),
+                ));
+            }
+        }
+    }
+
+    /// Send `line` and read the one-line reply.
+    pub async fn command(&mut self, line: &str) -> io::Result<String> {
+        self.send(line).await?;
+        self.read_line().await
+    }
+
+    /// Read a POP3/SMTP-DATA style multi-line body up to and including the
+    /// terminating `CRLF.CRLF`, returned raw (still dot-stuffed, terminator
+    /// included) so tests can check framing. Use [`crate::dot_unstuff`] to
+    /// decode it.
+    pub async fn read_multiline(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            let end = if self.buf.starts_with(b".\r\n") {
+                Some(3)
+            } else {
+                find(&self.buf, b"\r\n.\r\n").map(|p| p + 5)
+            };
+            if let Some(end) = end {
+                return Ok(self.buf.drain(..end).collect());
+            }
+            if self.fill().await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF inside multi-line body after {} bytes", self.buf.len()),
+                ));
+            }
+        }
+    }
+
+    /// Read multi-line lines until "." and return them unstuffed, without
+    /// CRLF (for CAPA, LIST, UIDL).
+    pub async fn read_multiline_lines(&mut self) -> io::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            if line == "." {
+                return Ok(lines);
+            }
+            lines.push(match line.strip_prefix('.') {
+                Some(rest) => rest.to_owned(),
+                None => line,
+            });
+        }
+    }
+
+    /// Read until the peer closes; returns everything received (buffer
+    /// included) and how the stream ended (`Ok` for a clean EOF; a TLS peer
+    /// that vanished without close_notify gives `UnexpectedEof`).
+    pub async fn read_to_close(&mut self) -> (Vec<u8>, io::Result<()>) {
+        let end = loop {
+            match self.fill().await {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        (std::mem::take(&mut self.buf), end)
+    }
+
+    /// Send TLS close_notify (if TLS) and shut down the write half.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.stream.shutdown().await
+    }
+}
+
+/// Position of `needle` in `hay`.
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

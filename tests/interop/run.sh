@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Real-server interop test for postern: private Dovecot on 127.0.0.1, postern
+# routes in every upstream mode in front of it, real legacy clients (Python
+# poplib, a raw socket, curl) on the other side. Everything runs on loopback
+# in one mktemp -d directory that is removed at exit.
+#
+# Usage:
+#   tests/interop/run.sh                  full run (CI); exit 0 only if all pass
+#   tests/interop/run.sh --dovecot-only   start Dovecot, check it, print ports
+#                                         and credentials, wait for Ctrl-C
+#   tests/interop/run.sh --attach DIR     build/start postern and run the route
+#                                         checks against the servers that a
+#                                         --dovecot-only run in DIR keeps up;
+#                                         repeatable
+# Options / environment:
+#   --keep, INTEROP_KEEP=1      keep the temp directory (logs, configs)
+#   POSTERN_BIN=PATH            use this binary instead of cargo build
+#   INTEROP_DOVECOT_ONLY=1      same as --dovecot-only
+#   INTEROP_MAIL_UID=N          uid owning the Maildirs (default 40125)
+#
+# Needs root on a Debian-like system (it installs Dovecot, curl, openssl,
+# python3 when missing). Suites live in suites/*.sh; adding one (SMTP with
+# Postfix) means writing suites/NAME.sh with the same functions as
+# suites/pop3.sh and adding NAME to SUITES below.
+set -Eeuo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.." && pwd))
+
+SUITES=(pop3)
+
+# shellcheck source=lib/common.sh
+source "$HERE/lib/common.sh"
+# shellcheck source=lib/pki.sh
+source "$HERE/lib/pki.sh"
+# shellcheck source=lib/dovecot.sh
+source "$HERE/lib/dovecot.sh"
+# shellcheck source=lib/postern.sh
+source "$HERE/lib/postern.sh"
+for suite in "${SUITES[@]}"; do
+  # shellcheck source=/dev/null
+  source "$HERE/suites/$suite.sh"
+done
+
+usage() { sed -n '2,/^set -Eeuo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+MODE=full
+ATTACH_DIR=
+KEEP=${INTEROP_KEEP:-}
+[ "${INTEROP_DOVECOT_ONLY:-}" = 1 ] && MODE=servers
+while [ $# -gt 0 ]; do
+  case $1 in
+    --dovecot-only | --servers-only) MODE=servers ;;
+    --attach) MODE=attach; ATTACH_DIR=${2:?--attach needs the directory a --dovecot-only run printed}; shift ;;
+    --keep) KEEP=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+trap run_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'log "command failed (status $?) at ${BASH_SOURCE[0]##*/}:$LINENO: $BASH_COMMAND"' ERR
+
+# ----------------------------------------------------------------- servers
+
+start_servers() {
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/postern-interop.XXXXXX")
+  # Dovecot's auth and mail processes run unprivileged and must traverse it.
+  chmod 0711 "$WORK"
+  if [ -n "$KEEP" ]; then
+    on_exit 'log "kept $WORK"'
+  else
+    on_exit 'rm -rf "$WORK"'
+  fi
+  STATE_FILE="$WORK/servers.env"
+  : >"$STATE_FILE"
+  state_set WORK "$WORK"
+  RUN_DIR="$WORK/run"
+  mkdir -p "$RUN_DIR"
+  RESULTS="$RUN_DIR/results.tsv"
+  : >"$RESULTS"
+
+  section "packages"
+  apt_need openssl:openssl python3:python3 /etc/ssl/certs/ca-certificates.crt:ca-certificates
+  dovecot_packages
+  for suite in "${SUITES[@]}"; do "${suite}_packages"; done
+
+  section "test PKI"
+  state_set PKI_DIR "$WORK/pki"
+  pki_make "$PKI_DIR"
+  log "CA: $PKI_DIR/ca.pem"
+
+  section "servers"
+  dovecot_init
+  local ports=()
+  for suite in "${SUITES[@]}"; do
+    "${suite}_prepare"
+    read -r -a more <<<"$("${suite}_server_ports")"
+    ports+=("${more[@]}")
+  done
+  dovecot_start "${ports[@]}"
+  for suite in "${SUITES[@]}"; do "${suite}_start"; done
+  for suite in "${SUITES[@]}"; do "${suite}_baseline"; done
+}
+
+attach_servers() {
+  [ -f "$ATTACH_DIR/servers.env" ] || die "$ATTACH_DIR/servers.env not found: pass the directory a --dovecot-only run printed"
+  STATE_FILE=/dev/null
+  # shellcheck source=/dev/null
+  source "$ATTACH_DIR/servers.env"
+  kill -0 "$DOVECOT_PID" 2>/dev/null || die "Dovecot (pid $DOVECOT_PID) from $ATTACH_DIR is not running"
+  RUN_DIR=$(mktemp -d "$WORK/run-attach.XXXXXX")
+  RESULTS="$RUN_DIR/results.tsv"
+  : >"$RESULTS"
+  on_failure_dump 'dump_file "Dovecot log" "$DOVECOT_LOG" 200'
+  log "attached to servers in $WORK; this run's files: $RUN_DIR"
+}
+
+# ----------------------------------------------------------------- postern
+
+run_postern_checks() {
+  local suite ports=()
+  postern_build
+  postern_write_config
+  postern_check_config
+  for suite in "${SUITES[@]}"; do
+    read -r -a more <<<"$("${suite}_listen_ports")"
+    ports+=("${more[@]}")
+  done
+  postern_start "${ports[@]}"
+  for suite in "${SUITES[@]}"; do "${suite}_checks"; done
+  local secrets=()
+  for suite in "${SUITES[@]}"; do
+    mapfile -t more < <("${suite}_secrets")
+    secrets+=("${more[@]}")
+  done
+  postern_check_log_secrets "${secrets[@]}"
+  postern_stop_checked
+}
+
+# ----------------------------------------------------------------- main
+
+case $MODE in
+  full)
+    start_servers
+    run_postern_checks
+    summary || exit 1
+    ;;
+  servers)
+    start_servers
+    summary || die "the servers do not behave as the checks expect; see above"
+    printf '\n==================== servers are up ====================\n'
+    for suite in "${SUITES[@]}"; do "${suite}_describe"; done
+    cat <<INFO
+
+Work directory: $WORK
+Run the postern checks against these servers (repeatable):
+  $0 --attach $WORK
+Press Ctrl-C to stop the servers and remove $WORK.
+INFO
+    sleep infinity &
+    SLEEP_PID=$!
+    on_exit 'kill "$SLEEP_PID" 2>/dev/null || true'
+    wait "$SLEEP_PID"
+    ;;
+  attach)
+    attach_servers
+    run_postern_checks
+    summary || exit 1
+    ;;
+esac
