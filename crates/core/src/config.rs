@@ -557,7 +557,8 @@ impl Config {
                     "another route has the same name; route names must be unique".to_owned(),
                 );
             }
-            if !listens.insert(route.listen.address()) {
+            // Port 0 (tests) asks the OS for a fresh port each time.
+            if route.listen.address().port() != 0 && !listens.insert(route.listen.address()) {
                 p(
                     "listen",
                     format!(

@@ -196,7 +196,7 @@ impl LineClient {
 
     /// Read more bytes into the buffer; `Ok(0)` on EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 4096];
+        let mut chunk = [0u8; 16384];
         let n = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))??;
@@ -254,11 +254,18 @@ impl LineClient {
     /// included) so tests can check framing. Use [`crate::dot_unstuff`] to
     /// decode it.
     pub async fn read_multiline(&mut self) -> io::Result<Vec<u8>> {
+        // Resume the search where the last one stopped (minus a possible
+        // partial terminator) so a large body is scanned once, not per read.
+        let mut scanned: usize = 0;
         loop {
             let end = if self.buf.starts_with(b".\r\n") {
                 Some(3)
             } else {
-                find(&self.buf, b"\r\n.\r\n").map(|p| p + 5)
+                let from = scanned.saturating_sub(4);
+                let hit =
+                    memchr::memmem::find(&self.buf[from..], b"\r\n.\r\n").map(|p| from + p + 5);
+                scanned = self.buf.len();
+                hit
             };
             if let Some(end) = end {
                 return Ok(self.buf.drain(..end).collect());

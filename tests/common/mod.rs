@@ -1,0 +1,74 @@
+//! Shared harness: the whole gateway in-process on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use postern::config::Config;
+use postern::Gateway;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running gateway; [`Running::stop`] drains it and surfaces panics.
+pub struct Running {
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub shutdown: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn addr(&self, route: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find_map(|(r, a)| (r == route).then_some(*a))
+            .unwrap_or_else(|| panic!("no route {route}"))
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("gateway drained in time")
+            .expect("gateway task did not panic");
+    }
+}
+
+pub fn config(yaml: &str) -> Config {
+    Config::from_yaml(yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+pub async fn start(yaml: &str) -> Running {
+    start_with_grace(yaml, Duration::from_secs(5)).await
+}
+
+pub async fn start_with_grace(yaml: &str, grace: Duration) -> Running {
+    let config = config(yaml);
+    let gateway = Gateway::bind(&config).await.expect("bind");
+    let addrs = gateway.local_addrs();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(gateway.serve(shutdown.clone(), grace));
+    Running {
+        addrs,
+        shutdown,
+        handle,
+    }
+}
+
+/// One POP3 route on 127.0.0.1:0 in YAML; `extra` is appended to `upstream:`.
+pub fn pop3_route(
+    name: &str,
+    upstream: SocketAddr,
+    security: &str,
+    auth: &str,
+    extra: &str,
+) -> String {
+    let plaintext = if security == "none" && (auth == "user" || auth == "plain") {
+        ", allow_plaintext_password: true"
+    } else {
+        ""
+    };
+    format!(
+        "  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: {security}, auth: {auth}{plaintext}{extra} }}\n"
+    )
+}
