@@ -1,0 +1,108 @@
+//! No password, digest or SASL payload appears in any log line at any
+//! level: sessions of every login method run at TRACE and the whole captured
+//! output is searched for every form of the secrets.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{pop3_route, start};
+use postern_testkit::{
+    cram_md5_digest, rfc1939_apop_digest, sasl_plain_response, FakePop3, FakeSecurity, LineClient,
+    Pop3Event, Pop3Script, TempDir, TestPki, RFC1939_TIMESTAMP,
+};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const PASSWORD: &str = "Tr0ub4dor&3-unique-pw";
+const WRONG: &str = "wrong-Pa55word-unique";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_at_trace_level() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let pki = TestPki::new();
+    let dir = TempDir::new("postern-secrets");
+    let ca = pki.write_ca_pem(dir.path());
+    let mut sessions = 0;
+    for (security, auth) in [("none", "apop"), ("starttls", "user"), ("tls", "plain"), ("none", "cram-md5")] {
+        let sec = match security {
+            "none" => FakeSecurity::Plain,
+            "tls" => FakeSecurity::Tls(pki.server_config()),
+            _ => FakeSecurity::Starttls(pki.server_config()),
+        };
+        let fake = FakePop3::start(
+            Pop3Script::new()
+                .credentials("carol", PASSWORD)
+                .security(sec)
+                .message(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
+        )
+        .await;
+        let extra = if security == "none" {
+            String::new()
+        } else {
+            format!(", ca: \"{}\", server_name: localhost", ca.display())
+        };
+        let gw = start(&format!("routes:\n{}", pop3_route("r", fake.addr(), security, auth, &extra))).await;
+        // A failed USER/PASS, then AUTH PLAIN with the right password.
+        let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+        c.read_line().await.expect("greeting");
+        c.command("USER carol").await.expect("user");
+        assert!(c.command(&format!("PASS {WRONG}")).await.expect("pass").starts_with("-ERR"));
+        let r = c
+            .command(&format!("AUTH PLAIN {}", sasl_plain_response("", "carol", PASSWORD)))
+            .await
+            .expect("auth");
+        assert!(r.starts_with("+OK"), "{security}/{auth}: {r}");
+        assert!(c.command("RETR 1").await.expect("retr").starts_with("+OK"));
+        c.read_multiline().await.expect("body");
+        c.command("QUIT").await.expect("quit");
+        fake.expect_event("login", |e| matches!(e, Pop3Event::LoggedIn { .. }), Duration::from_secs(5)).await;
+        gw.stop().await;
+        sessions += 1;
+    }
+    assert_eq!(sessions, 4);
+
+    let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
+    assert!(log.contains("logged in upstream"), "the capture is empty or not at TRACE:\n{log}");
+    assert!(log.contains("TRACE"), "no TRACE lines captured");
+    let mut needles = vec![
+        PASSWORD.to_owned(),
+        WRONG.to_owned(),
+        sasl_plain_response("", "carol", PASSWORD),
+        sasl_plain_response("", "carol", WRONG),
+        rfc1939_apop_digest(RFC1939_TIMESTAMP, PASSWORD),
+        rfc1939_apop_digest(RFC1939_TIMESTAMP, WRONG),
+    ];
+    // CRAM-MD5 digests depend on the fake's fresh challenges; the digest of
+    // any challenge is a 32-hex string, so look for the hex of a known one
+    // and for the base64 of the password itself.
+    needles.push(cram_md5_digest(PASSWORD, RFC1939_TIMESTAMP));
+    use base64::Engine as _;
+    needles.push(base64::engine::general_purpose::STANDARD.encode(PASSWORD));
+    for needle in &needles {
+        assert!(!log.contains(needle.as_str()), "secret {needle:?} found in the log");
+    }
+    // No base64 blob of the shape of a CRAM-MD5 response ("carol <32 hex>").
+    let cram_prefix = base64::engine::general_purpose::STANDARD.encode("carol ");
+    assert!(!log.contains(&cram_prefix[..6]), "a CRAM-MD5 response appears in the log");
+}
