@@ -623,12 +623,6 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
             "a route name must be 1 to 64 letters, digits, '-', '_' or '.'".to_owned(),
         );
     }
-    if route.protocol == Protocol::Smtp {
-        p(
-            "protocol",
-            "SMTP routes are not available in this version yet; only `pop3` is".to_owned(),
-        );
-    }
 
     // Listen side.
     let listen = &route.listen.0;

@@ -36,6 +36,15 @@ impl Stream {
         !matches!(self, Stream::Tcp(_))
     }
 
+    /// The local address of the underlying TCP socket.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr(),
+            Stream::TlsClient(s) => s.get_ref().0.local_addr(),
+            Stream::TlsServer(s) => s.get_ref().0.local_addr(),
+        }
+    }
+
     /// The negotiated TLS version, for logs.
     pub fn tls_version(&self) -> Option<&'static str> {
         let v = match self {

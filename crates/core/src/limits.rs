@@ -21,3 +21,17 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Backoff after a failed `accept` (e.g. EMFILE), so the loop does not spin.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// SMTP: waiting for a client command (RFC 5321 §4.5.3.2.7: 5 minutes).
+pub const SMTP_COMMAND_IDLE: Duration = Duration::from_secs(5 * 60);
+/// SMTP: waiting for an upstream reply to MAIL, RCPT, DATA (RFC 5321 §4.5.3.2: 5 and 2 minutes).
+pub const SMTP_REPLY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// SMTP: waiting for the next block of message data (RFC 5321 §4.5.3.2.5: 3 minutes).
+pub const SMTP_DATA_BLOCK: Duration = Duration::from_secs(3 * 60);
+/// SMTP: waiting for the upstream's reply to the end of data. RFC 5321
+/// §4.5.3.2.6 gives a client 10 minutes; postern waits less, so its own
+/// client gets a `451` rather than a hang.
+pub const SMTP_FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// SMTP: the default largest message (the SIZE postern advertises when the
+/// upstream states none).
+pub const SMTP_MAX_MESSAGE_SIZE: u64 = 100 * 1024 * 1024;

@@ -1,1 +1,498 @@
-pub struct SmtpFrontend;
+//! The tokio driver of one SMTP session: it owns both sockets, their
+//! buffers and deadlines, and executes what the `proto` machines decide.
+//!
+//! Phases: connect upstream (TLS or STARTTLS, EHLO) → greet the client →
+//! client commands one at a time, MAIL/RCPT/RSET/DATA forwarded and the
+//! upstream's replies relayed → message data streamed through the DATA
+//! scanner.
+//!
+//! Invariants kept here:
+//! - the client's 354 is the upstream's 354, relayed after it arrived;
+//! - the reply to the end of data is the upstream's own reply; if the
+//!   upstream dies or times out the client gets `451 4.4.2`, never `250`;
+//! - a message the client did not finish (disconnect, bare CR/LF, too big)
+//!   is never terminated upstream: the upstream connection is dropped;
+//! - no password or SASL payload is ever logged.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postern_core::config::{Route, Security, UpstreamAuth};
+use postern_core::credentials::CredentialSource;
+use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
+use postern_core::limits;
+use postern_core::server::{Frontend, SessionFuture};
+use postern_core::tls::{self, TlsSetupError};
+use postern_core::upstream::{self, TlsTarget, UpstreamError};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::proto::client::{Action, ClientSession, LoginOutcome};
+use crate::proto::data::{DataScanner, Scan};
+use crate::proto::ehlo::{self, Policy};
+use crate::proto::reply::{Reply, ReplyBuilder, MAX_REPLY_LINE};
+use crate::proto::upstream::{Step, UpstreamSetup};
+
+/// The name postern gives itself in greetings and EHLO replies.
+const HOSTNAME: &str = "postern";
+
+#[derive(Debug)]
+struct RouteContext {
+    name: String,
+    upstream: postern_core::config::Upstream,
+    tls: Option<TlsTarget>,
+    credentials: CredentialSource,
+    max_size: u64,
+}
+
+/// The SMTP front end of one route.
+#[derive(Debug, Clone)]
+pub struct SmtpFrontend {
+    ctx: Arc<RouteContext>,
+}
+
+impl SmtpFrontend {
+    /// Prepares a route: builds its TLS client configuration once.
+    pub fn new(route: &Route) -> Result<Self, TlsSetupError> {
+        let tls = match route.upstream.security {
+            Security::None => None,
+            _ => Some(TlsTarget {
+                config: tls::client_config(&route.upstream)?,
+                name: tls::server_name(&route.upstream)?,
+            }),
+        };
+        Ok(Self {
+            ctx: Arc::new(RouteContext {
+                name: route.name.clone(),
+                upstream: route.upstream.clone(),
+                tls,
+                credentials: CredentialSource::from_config(&route.credentials),
+                max_size: limits::SMTP_MAX_MESSAGE_SIZE,
+            }),
+        })
+    }
+}
+
+impl Frontend for SmtpFrontend {
+    fn refusal(&self) -> &'static [u8] {
+        b"554 5.7.1 Access denied\r\n"
+    }
+
+    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture {
+        let ctx = self.ctx.clone();
+        let span = tracing::info_span!("smtp", route = %ctx.name, client = %peer);
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let mut client = Conn::new(Stream::Tcp(stream));
+                let mut user = None;
+                let end = run(&ctx, &mut client, &mut user).await;
+                client.shutdown().await;
+                let ms = started.elapsed().as_millis() as u64;
+                let user = user.as_deref().unwrap_or("-");
+                match end {
+                    End::Quit => tracing::info!(user, ms, "session ended with QUIT"),
+                    End::Closed(why) => tracing::info!(user, ms, why, "session closed"),
+                    End::Upstream(e) => tracing::warn!(
+                        user,
+                        ms,
+                        upstream = %ctx.upstream.address,
+                        cause = %e,
+                        "session failed on the upstream side"
+                    ),
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    Quit,
+    Closed(&'static str),
+    Upstream(UpstreamError),
+}
+
+const UPSTREAM_LOST: &[u8] = b"421 4.4.2 postern: the connection to the mail server was lost; closing\r\n";
+
+async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -> End {
+    let (up, setup) = match connect(ctx).await {
+        Ok(x) => x,
+        Err((e, on_tls)) => {
+            let msg: &[u8] = if on_tls {
+                b"421 4.7.0 postern: no secure connection to the mail server is possible; try again later\r\n"
+            } else {
+                b"421 4.4.1 postern: the mail server is not available; try again later\r\n"
+            };
+            let _ = write_client(client, msg).await;
+            return End::Upstream(e);
+        }
+    };
+    tracing::debug!(tls = ?up.stream().tls_version(), "upstream ready");
+    let mut up = Some(up);
+    let mut setup = setup;
+    let auth_required = ctx.upstream.auth != UpstreamAuth::None;
+    let policy = Policy {
+        max_size: ctx.max_size,
+        offer_auth: auth_required,
+    };
+    let ehlo_reply = ehlo::advertise(setup.extensions(), &policy, HOSTNAME);
+    let mut session = ClientSession::new(
+        ehlo_reply,
+        HOSTNAME,
+        auth_required,
+        policy.effective_size(setup.extensions()),
+    );
+    if let Err(why) = write_client(client, b"220 postern ESMTP gateway ready\r\n").await {
+        return End::Closed(why);
+    }
+
+    loop {
+        let line = match read_client(client, session.max_line(), limits::SMTP_COMMAND_IDLE).await {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                let a = session.on_too_long();
+                if let Action::Reply(r) = a {
+                    if let Err(why) = write_client(client, &r).await {
+                        return End::Closed(why);
+                    }
+                }
+                continue;
+            }
+            Err(why) => return End::Closed(why),
+        };
+        let mut action = session.on_line(&line);
+        // An action may lead to another (a forwarded command's reply).
+        loop {
+            match action {
+                Action::Reply(bytes) => {
+                    if let Err(why) = write_client(client, &bytes).await {
+                        return End::Closed(why);
+                    }
+                    break;
+                }
+                Action::Quit => {
+                    if let Some(mut conn) = up.take() {
+                        // Best effort: the mail is already accepted or not;
+                        // a failing QUIT changes nothing for the client.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                            conn.write_all(b"QUIT\r\n").await?;
+                            conn.read_line(MAX_REPLY_LINE).await
+                        })
+                        .await;
+                    }
+                    let _ = write_client(client, b"221 2.0.0 Bye\r\n").await;
+                    return End::Quit;
+                }
+                Action::Login(login) => {
+                    let Some(conn) = up.take() else {
+                        let _ = write_client(client, UPSTREAM_LOST).await;
+                        return End::Closed("upstream lost earlier");
+                    };
+                    let name = login.user().to_owned();
+                    let outcome = match ctx.credentials.resolve(login) {
+                        Ok(login) => {
+                            let first = setup.authenticate(login);
+                            match drive(ctx, conn, &mut setup, first).await {
+                                Ok((conn, step)) => {
+                                    up = Some(conn);
+                                    match step {
+                                        Step::Authenticated => {
+                                            tracing::info!(user = %name, "logged in upstream");
+                                            *user = Some(name);
+                                            LoginOutcome::Accepted
+                                        }
+                                        Step::Refused(reply) => {
+                                            tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused the login");
+                                            if reply.is_transient() {
+                                                LoginOutcome::TemporaryFailure
+                                            } else {
+                                                LoginOutcome::Rejected
+                                            }
+                                        }
+                                        other => {
+                                            let _ = write_client(client, UPSTREAM_LOST).await;
+                                            return End::Upstream(UpstreamError::Protocol(format!(
+                                                "internal: unexpected login step {other:?}"
+                                            )));
+                                        }
+                                    }
+                                }
+                                Err((e, _)) => {
+                                    let _ = write_client(client, UPSTREAM_LOST).await;
+                                    return End::Upstream(e);
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            up = Some(conn);
+                            LoginOutcome::Rejected
+                        }
+                    };
+                    if let Err(why) = write_client(client, session.on_login(outcome)).await {
+                        return End::Closed(why);
+                    }
+                    break;
+                }
+                Action::Forward(fwd) => {
+                    let Some(conn) = up.as_mut() else {
+                        let _ = write_client(client, UPSTREAM_LOST).await;
+                        return End::Closed("upstream lost earlier");
+                    };
+                    let reply = match command(conn, &fwd.line, limits::SMTP_REPLY_TIMEOUT).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = write_client(client, UPSTREAM_LOST).await;
+                            return End::Upstream(e);
+                        }
+                    };
+                    action = session.on_upstream(fwd.kind, &reply);
+                }
+                Action::Data(go_ahead) => {
+                    let Some(conn) = up.as_mut() else {
+                        let _ = write_client(client, UPSTREAM_LOST).await;
+                        return End::Closed("upstream lost earlier");
+                    };
+                    if let Err(why) = write_client(client, &go_ahead).await {
+                        return End::Closed(why);
+                    }
+                    let started = Instant::now();
+                    let rcpts = session.accepted_rcpts();
+                    let outcome = relay_data(client, conn, session.max_size()).await;
+                    session.on_message_done();
+                    let ms = started.elapsed().as_millis() as u64;
+                    let answer: Cow<'static, [u8]> = match outcome {
+                        DataOutcome::Relayed { reply, bytes } => {
+                            tracing::info!(rcpts, bytes, code = reply.code(), ms, "message relayed");
+                            Cow::Owned(reply.raw().to_vec())
+                        }
+                        DataOutcome::UpstreamLost { error, bytes } => {
+                            tracing::warn!(rcpts, bytes, ms, cause = %error, upstream = %ctx.upstream.address, "message NOT delivered: upstream lost during DATA");
+                            up = None;
+                            Cow::Borrowed(b"451 4.4.2 postern: the connection to the mail server was lost; the message was not accepted, try again\r\n")
+                        }
+                        DataOutcome::TooBig { bytes } => {
+                            tracing::warn!(rcpts, bytes, ms, "message refused: larger than the SIZE limit");
+                            up = None;
+                            Cow::Borrowed(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+                        }
+                        DataOutcome::BareLineEnding { bytes } => {
+                            tracing::warn!(rcpts, bytes, ms, "message refused: bare CR or LF in the data; upstream dropped without end of data");
+                            let _ = write_client(
+                                client,
+                                b"521 5.5.2 postern: bare CR or LF in the message data; message refused, closing\r\n",
+                            )
+                            .await;
+                            return End::Closed("bare line ending in DATA");
+                        }
+                        DataOutcome::ClientGone { why, bytes } => {
+                            tracing::warn!(rcpts, bytes, ms, why, "client left during DATA; upstream dropped without end of data");
+                            return End::Closed(why);
+                        }
+                    };
+                    if let Err(why) = write_client(client, &answer).await {
+                        return End::Closed(why);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How one message's data went.
+#[derive(Debug)]
+enum DataOutcome {
+    /// The upstream gave its final reply.
+    Relayed { reply: Reply, bytes: u64 },
+    /// The upstream failed; the client's data was read to its end.
+    UpstreamLost { error: UpstreamError, bytes: u64 },
+    /// Over the SIZE limit; the client's data was read to its end.
+    TooBig { bytes: u64 },
+    /// A bare CR or LF: the data cannot be framed safely.
+    BareLineEnding { bytes: u64 },
+    /// The client went away before the end of data.
+    ClientGone { why: &'static str, bytes: u64 },
+}
+
+/// Streams one message from the client to the upstream.
+///
+/// Every chunk is scanned before a byte of it is sent; bytes whose meaning
+/// depends on what follows (a trailing CR, a `.` at line start) are held
+/// back until resolved. The terminator is sent only when the client sent it.
+async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutcome {
+    let mut scan = DataScanner::new();
+    let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER + 2);
+    let mut failure: Option<UpstreamError> = None;
+    let mut too_big = false;
+    loop {
+        if client.buffered().is_empty() {
+            match tokio::time::timeout(limits::SMTP_DATA_BLOCK, client.fill()).await {
+                Ok(Ok(0)) => return DataOutcome::ClientGone { why: "client closed the connection", bytes: scan.bytes() },
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return DataOutcome::ClientGone { why: "client connection failed", bytes: scan.bytes() },
+                Err(_) => return DataOutcome::ClientGone { why: "client data timeout", bytes: scan.bytes() },
+            }
+        }
+        let chunk = client.buffered();
+        let held_before = scan.held();
+        let (take, end) = match scan.feed(chunk) {
+            Scan::End(n) => (n, true),
+            Scan::BareLineEnding(_) => return DataOutcome::BareLineEnding { bytes: scan.bytes() },
+            _ => (chunk.len(), false),
+        };
+        if scan.bytes() > max_size {
+            too_big = true;
+        }
+        if failure.is_none() && !too_big {
+            out.clear();
+            out.extend_from_slice(held_before);
+            out.extend_from_slice(&chunk[..take]);
+            let send = if end { out.len() } else { out.len() - scan.held().len() };
+            if send > 0 {
+                let written = upstream::deadline(limits::WRITE_TIMEOUT, "sending message data", up.write_all(&out[..send])).await;
+                if let Err(e) = written {
+                    failure = Some(e);
+                }
+            }
+        }
+        client.consume(take);
+        if end {
+            break;
+        }
+    }
+    let bytes = scan.bytes();
+    if too_big {
+        return DataOutcome::TooBig { bytes };
+    }
+    if let Some(error) = failure {
+        return DataOutcome::UpstreamLost { error, bytes };
+    }
+    match read_reply(up, limits::SMTP_FINAL_REPLY_TIMEOUT, "the reply to the end of data").await {
+        Ok(reply) => DataOutcome::Relayed { reply, bytes },
+        Err(error) => DataOutcome::UpstreamLost { error, bytes },
+    }
+}
+
+/// Connects, secures and greets the upstream up to the point of login.
+/// The flag says whether the failure was about TLS.
+async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamSetup), (UpstreamError, bool)> {
+    let up = &ctx.upstream;
+    let conn = match (&ctx.tls, up.security) {
+        (Some(tls), Security::Tls) => upstream::connect_tls(&up.address, tls)
+            .await
+            .map_err(|e| {
+                let tls = matches!(e, UpstreamError::Tls(_));
+                (e, tls)
+            })?,
+        _ => Conn::new(Stream::Tcp(upstream::connect_tcp(&up.address).await.map_err(|e| (e, false))?)),
+    };
+    let ehlo_name = match conn.stream().local_addr().map(|a| a.ip()) {
+        Ok(IpAddr::V4(ip)) => format!("[{ip}]"),
+        Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
+        Err(_) => HOSTNAME.to_owned(),
+    };
+    let mut setup = UpstreamSetup::new(up.security, up.auth, ehlo_name, up.security == Security::Tls);
+    let first = setup.start();
+    let (conn, step) = drive(ctx, conn, &mut setup, first).await?;
+    match step {
+        Step::Ready => Ok((conn, setup)),
+        other => Err((
+            UpstreamError::Protocol(format!("internal: unexpected step before login {other:?}")),
+            false,
+        )),
+    }
+}
+
+/// Executes upstream steps until the machine needs the client again.
+async fn drive(
+    ctx: &RouteContext,
+    mut up: Conn,
+    setup: &mut UpstreamSetup,
+    mut step: Step,
+) -> Result<(Conn, Step), (UpstreamError, bool)> {
+    loop {
+        step = match step {
+            Step::Read => {
+                let reply = read_reply(&mut up, limits::UPSTREAM_REPLY_TIMEOUT, setup.phase())
+                    .await
+                    .map_err(|e| (e, false))?;
+                setup.on_reply(&reply)
+            }
+            Step::Send(bytes) => {
+                // The bytes may hold a password or digest: log the phase only.
+                tracing::trace!(phase = setup.phase(), "sending to upstream");
+                let reply = command(&mut up, &bytes, limits::UPSTREAM_REPLY_TIMEOUT)
+                    .await
+                    .map_err(|e| (e, false))?;
+                setup.on_reply(&reply)
+            }
+            Step::StartTls => {
+                let Some(tls) = &ctx.tls else {
+                    return Err((UpstreamError::Protocol("internal: STARTTLS without TLS settings".to_owned()), true));
+                };
+                up = upstream::starttls(up, tls).await.map_err(|e| (e, true))?;
+                tracing::debug!(tls = ?up.stream().tls_version(), "upstream STARTTLS done");
+                setup.on_tls()
+            }
+            Step::Fail(why) => return Err((UpstreamError::Protocol(why), setup.failed_on_tls())),
+            done => return Ok((up, done)),
+        }
+    }
+}
+
+/// Sends one command and reads its complete reply.
+async fn command(up: &mut Conn, line: &[u8], timeout: Duration) -> Result<Reply, UpstreamError> {
+    upstream::deadline(limits::WRITE_TIMEOUT, "writing to the server", up.write_all(line)).await?;
+    read_reply(up, timeout, "a command reply").await
+}
+
+/// Reads one complete (possibly multi-line) reply under one deadline.
+async fn read_reply(up: &mut Conn, timeout: Duration, phase: &'static str) -> Result<Reply, UpstreamError> {
+    let read = async {
+        let mut builder = ReplyBuilder::new();
+        loop {
+            let line = match up.read_line(MAX_REPLY_LINE).await? {
+                LineRead::Line(l) => l,
+                LineRead::TooLong => {
+                    return Err(UpstreamError::Protocol(format!(
+                        "the server sent a reply line longer than {MAX_REPLY_LINE} bytes during {phase}"
+                    )))
+                }
+                _ => return Err(UpstreamError::Closed(phase)),
+            };
+            match builder.push(&line) {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(e) => return Err(UpstreamError::Protocol(format!("{e} during {phase}"))),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout(phase)),
+    }
+}
+
+/// Reads one client line: `Ok(None)` if it was too long (already discarded).
+async fn read_client(client: &mut Conn, max: usize, idle: Duration) -> Result<Option<Vec<u8>>, &'static str> {
+    match tokio::time::timeout(idle, client.read_line(max)).await {
+        Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
+        Ok(Ok(LineRead::TooLong)) => Ok(None),
+        Ok(Ok(_)) => Err("client closed the connection"),
+        Ok(Err(_)) => Err("client connection failed"),
+        Err(_) => Err("client idle timeout"),
+    }
+}
+
+async fn write_client(client: &mut Conn, bytes: &[u8]) -> Result<(), &'static str> {
+    match tokio::time::timeout(limits::WRITE_TIMEOUT, client.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("client connection failed"),
+        Err(_) => Err("client stopped reading"),
+    }
+}

@@ -50,6 +50,13 @@ pub fn sasl_plain_response(authzid: &str, authcid: &str, password: &str) -> Stri
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
+/// Base64 of `s`, as a SASL LOGIN (draft-murchison-sasl-login) client
+/// sends its user name and password, and as the server's `Username:` /
+/// `Password:` prompts are encoded.
+pub fn login_base64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +93,18 @@ mod tests {
             .decode(sasl_plain_response("", "tim", "tanstaaf"))
             .expect("valid base64");
         assert_eq!(decoded, b"\0tim\0tanstaaf");
+    }
+
+    #[test]
+    fn login_prompts_and_answers() {
+        // The two prompts every LOGIN server sends, verbatim on the wire.
+        assert_eq!(login_base64("Username:"), "VXNlcm5hbWU6");
+        assert_eq!(login_base64("Password:"), "UGFzc3dvcmQ6");
+        assert_eq!(login_base64("tim"), "dGlt");
+        assert_eq!(login_base64(""), "");
+        let spaced = base64::engine::general_purpose::STANDARD
+            .decode(login_base64("pass with spaces"))
+            .expect("valid base64");
+        assert_eq!(spaced, b"pass with spaces");
     }
 }

@@ -249,6 +249,26 @@ impl LineClient {
         self.read_line().await
     }
 
+    /// Read one SMTP reply (RFC 5321 §4.2.1): every `ddd-text` line up to
+    /// and including the `ddd text` (or bare `ddd`) one, without CRLFs.
+    pub async fn read_smtp_reply(&mut self) -> io::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line().await?;
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line);
+            if !more {
+                return Ok(lines);
+            }
+        }
+    }
+
+    /// Send `line` and read the whole (possibly multi-line) SMTP reply.
+    pub async fn smtp_command(&mut self, line: &str) -> io::Result<Vec<String>> {
+        self.send(line).await?;
+        self.read_smtp_reply().await
+    }
+
     /// Read a POP3/SMTP-DATA style multi-line body up to and including the
     /// terminating `CRLF.CRLF`, returned raw (still dot-stuffed, terminator
     /// included) so tests can check framing. Use [`crate::dot_unstuff`] to

@@ -52,7 +52,8 @@ pub enum FakeSecurity {
     Plain,
     /// Implicit TLS from the first byte (port 995 style).
     Tls(Arc<rustls::ServerConfig>),
-    /// Plain first, STLS offered (RFC 2595 §4) and upgrades with this config.
+    /// Plain first, STLS (RFC 2595 §4) / STARTTLS (RFC 3207) offered and
+    /// upgrades with this config.
     Starttls(Arc<rustls::ServerConfig>),
 }
 
@@ -472,8 +473,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// A server connection, plain or TLS.
-enum Conn {
+/// A server connection, plain or TLS (shared with the SMTP fake).
+pub(crate) enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -1182,13 +1183,13 @@ impl Session {
     }
 }
 
-async fn write_flush(conn: &mut Conn, bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_flush(conn: &mut Conn, bytes: &[u8]) -> io::Result<()> {
     conn.write_all(bytes).await?;
     conn.flush().await
 }
 
 /// A fresh RFC 2195-style challenge, `<digits.digits@fake.test>`.
-fn fresh_challenge() -> String {
+pub(crate) fn fresh_challenge() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()

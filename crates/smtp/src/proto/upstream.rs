@@ -66,6 +66,7 @@ pub struct UpstreamSetup {
     state: State,
     tls: bool,
     extensions: Extensions,
+    security_failure: bool,
 }
 
 fn line(parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
@@ -88,6 +89,7 @@ impl UpstreamSetup {
             state: State::Greeting,
             tls,
             extensions: Extensions::default(),
+            security_failure: false,
         }
     }
 
@@ -116,6 +118,17 @@ impl UpstreamSetup {
             State::Authenticated => "authenticated",
             State::Failed => "failed",
         }
+    }
+
+    /// Whether the session failed because TLS could not be had (the client
+    /// is told so with enhanced status 4.7.0).
+    pub fn failed_on_tls(&self) -> bool {
+        self.security_failure
+    }
+
+    fn fail_tls(&mut self, why: impl Into<String>) -> Step {
+        self.security_failure = true;
+        self.fail(why)
     }
 
     fn fail(&mut self, why: impl Into<String>) -> Step {
@@ -175,7 +188,7 @@ impl UpstreamSetup {
                 self.extensions = Extensions::from_ehlo(reply);
                 if self.security == Security::Starttls && !self.tls {
                     if !self.extensions.has("STARTTLS") {
-                        return self.fail(
+                        return self.fail_tls(
                             "the server does not offer STARTTLS (not in its EHLO reply); refusing to continue without TLS",
                         );
                     }
@@ -192,7 +205,7 @@ impl UpstreamSetup {
             State::Helo if code == 250 => {
                 self.extensions = Extensions::default();
                 if self.security == Security::Starttls && !self.tls {
-                    return self.fail("the server refused EHLO, so it cannot offer STARTTLS; refusing to continue without TLS");
+                    return self.fail_tls("the server refused EHLO, so it cannot offer STARTTLS; refusing to continue without TLS");
                 }
                 self.ready()
             }
@@ -201,7 +214,7 @@ impl UpstreamSetup {
                 self.state = State::AwaitTls;
                 Step::StartTls
             }
-            State::Starttls => self.fail(format!(
+            State::Starttls => self.fail_tls(format!(
                 "the server refused STARTTLS ({}); refusing to continue without TLS",
                 reply.summary()
             )),
