@@ -5,6 +5,10 @@
 //! - [`FakePop3`]: a scripted POP3 upstream on `127.0.0.1:0` (plain,
 //!   implicit TLS or STLS) that verifies USER/PASS, APOP, AUTH PLAIN and
 //!   AUTH CRAM-MD5 for real and logs [`Pop3Event`]s.
+//! - [`FakeSmtp`]: a scripted SMTP submission upstream on `127.0.0.1:0`
+//!   (plain, implicit TLS or STARTTLS) that verifies AUTH PLAIN, LOGIN and
+//!   CRAM-MD5 for real, records messages byte-exactly and logs
+//!   [`SmtpEvent`]s.
 //! - [`LineClient`]: a CRLF line client (plain, TLS, in-place upgrade) to
 //!   drive either the fakes or postern itself.
 //! - Digest helpers checked against the RFC 1939 and RFC 2195 vectors.
@@ -15,15 +19,21 @@ mod auth;
 mod client;
 mod pki;
 mod pop3;
+mod smtp;
 mod tempdir;
 
 pub use auth::{
-    cram_md5_digest, cram_md5_response, lower_hex, rfc1939_apop_digest, sasl_plain_response,
+    cram_md5_digest, cram_md5_response, login_base64, lower_hex, rfc1939_apop_digest,
+    sasl_plain_response,
 };
 pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
 pub use pki::{ring_provider, TestPki, DEFAULT_LEAF_NAMES, TEST_CA_COMMON_NAME};
 pub use pop3::{
     dot_stuff, dot_unstuff, CapaBehaviour, FakePop3, FakeSecurity, LoggedEvent, Pop3Event,
     Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP,
+};
+pub use smtp::{
+    BareKind, DataEnd, EhloBehaviour, FakeSmtp, LoggedSmtpEvent, ReceivedMessage, SmtpEvent,
+    SmtpScript, StarttlsBehaviour, FAKE_SMTP_HOST,
 };
 pub use tempdir::TempDir;

@@ -69,7 +69,8 @@ const AUTH_INVALID: &str = "535 5.7.8 Authentication credentials invalid";
 const AUTH_CANCELLED: &str = "501 5.7.0 Authentication cancelled";
 const AUTH_UNDECODABLE: &str = "501 5.5.2 Cannot decode response";
 const AUTH_REQUIRED: &str = "530 5.7.0 Authentication required";
-const ENCRYPTION_REQUIRED: &str = "538 5.7.11 Encryption required for requested authentication mechanism";
+const ENCRYPTION_REQUIRED: &str =
+    "538 5.7.11 Encryption required for requested authentication mechanism";
 const GREET_FIRST: &str = "503 5.5.1 Send EHLO first";
 const NEED_MAIL: &str = "503 5.5.1 Need MAIL command";
 const NO_RECIPIENTS: &str = "554 5.5.1 No valid recipients";
@@ -1507,6 +1508,13 @@ impl Session {
             return Ok(Step::Continue);
         }
         let raw = std::mem::take(data);
+        if cut.is_some() {
+            self.record(SmtpEvent::DroppedByScript(format!(
+                "whole message ({} bytes) arrived before the cut",
+                raw.len()
+            )));
+            return Ok(Step::Die);
+        }
         self.finish_message(raw.clone(), raw, true, conn).await
     }
 
@@ -1782,10 +1790,7 @@ mod tests {
         assert_eq!(masked("AUTH PLAIN AGEAYg=="), "AUTH PLAIN ***");
         assert_eq!(masked("auth login YWxpY2U="), "auth login ***");
         assert_eq!(masked("AUTH CRAM-MD5"), "AUTH CRAM-MD5");
-        assert_eq!(
-            masked("MAIL FROM:<a@b> AUTH=<>"),
-            "MAIL FROM:<a@b> AUTH=<>"
-        );
+        assert_eq!(masked("MAIL FROM:<a@b> AUTH=<>"), "MAIL FROM:<a@b> AUTH=<>");
         assert_eq!(masked("NOOP"), "NOOP");
     }
 
@@ -1823,10 +1828,7 @@ mod tests {
     #[test]
     fn multiline_framing() {
         assert_eq!(multiline(250, &["only"]), "250 only");
-        assert_eq!(
-            multiline(250, &["a", "b", "c"]),
-            "250-a\r\n250-b\r\n250 c"
-        );
+        assert_eq!(multiline(250, &["a", "b", "c"]), "250-a\r\n250-b\r\n250 c");
         assert_eq!(multiline::<&str>(220, &[]), "220");
     }
 
