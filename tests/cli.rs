@@ -23,8 +23,23 @@ fn check_prints_the_route_table_of_the_example() {
         .output()
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for want in ["ROUTE", "PROTOCOL", "LISTEN", "UPSTREAM", "SECURITY", "AUTH", "isp-pop-apop", "127.0.0.1:3999", "pop.example.net:110", "apop"] {
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "ROUTE",
+        "PROTOCOL",
+        "LISTEN",
+        "UPSTREAM",
+        "SECURITY",
+        "AUTH",
+        "isp-pop-apop",
+        "127.0.0.1:3999",
+        "pop.example.net:110",
+        "apop",
+    ] {
         assert!(stdout.contains(want), "{want} missing:\n{stdout}");
     }
 }
@@ -36,7 +51,11 @@ fn check_fails_with_every_problem_named() {
         "bad.yaml",
         "routes:\n  - name: a\n    protocol: pop3\n    listen: 0.0.0.0:3999\n    upstream: { address: h:110, security: none, auth: user }\n",
     );
-    let out = postern().args(["check", "-c"]).arg(&file).output().expect("run");
+    let out = postern()
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.yaml"), "{stderr}");
@@ -46,13 +65,20 @@ fn check_fails_with_every_problem_named() {
     assert!(stderr.contains("2 problems"), "{stderr}");
 
     let file = dir.write("syntax.yaml", "routes:\n  - name: a\n    protocl: pop3\n");
-    let out = postern().args(["check", "-c"]).arg(&file).output().expect("run");
+    let out = postern()
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
     assert!(stderr.contains("protocl"), "{stderr}");
 
-    let out = postern().args(["check", "-c", "/nonexistent/postern.yaml"]).output().expect("run");
+    let out = postern()
+        .args(["check", "-c", "/nonexistent/postern.yaml"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
@@ -60,7 +86,11 @@ fn check_fails_with_every_problem_named() {
 #[test]
 fn default_config_search_order() {
     let dir = TempDir::new("postern-cli-default");
-    let out = postern().arg("check").current_dir(dir.path()).output().expect("run");
+    let out = postern()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("postern.yaml"));
 
@@ -68,11 +98,19 @@ fn default_config_search_order() {
     let route = |name: &str| {
         format!("routes:\n  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:3999\n    upstream: {{ address: h:110, security: none, auth: apop }}\n")
     };
-    dir.write("config/postern.yaml", &route("from-config-dir"));
-    let out = postern().arg("check").current_dir(dir.path()).output().expect("run");
+    dir.write("config/postern.yaml", route("from-config-dir"));
+    let out = postern()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("from-config-dir"));
-    dir.write("postern.yaml", &route("from-cwd"));
-    let out = postern().arg("check").current_dir(dir.path()).output().expect("run");
+    dir.write("postern.yaml", route("from-cwd"));
+    let out = postern()
+        .arg("check")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).contains("from-cwd"));
 }
 
@@ -91,11 +129,15 @@ fn version_and_help() {
 #[cfg(unix)]
 #[test]
 fn run_starts_answers_and_stops_on_sigterm() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
     let dir = TempDir::new("postern-cli-run");
     let file = dir.write(
         "p.yaml",
-        &format!("routes:\n  - name: r\n    protocol: pop3\n    listen: 127.0.0.1:{port}\n    upstream: {{ address: pop.nonexistent.invalid:995, auth: user }}\n"),
+        format!("routes:\n  - name: r\n    protocol: pop3\n    listen: 127.0.0.1:{port}\n    upstream: {{ address: pop.nonexistent.invalid:995, auth: user }}\n"),
     );
     let mut child = postern()
         .args(["run", "-c"])
@@ -112,13 +154,20 @@ fn run_starts_answers_and_stops_on_sigterm() {
             Err(e) => panic!("postern did not listen: {e}"),
         }
     };
-    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     let mut greeting = String::new();
-    BufReader::new(&stream).read_line(&mut greeting).expect("greeting");
+    BufReader::new(&stream)
+        .read_line(&mut greeting)
+        .expect("greeting");
     assert!(greeting.starts_with("-ERR [SYS/TEMP]"), "{greeting}");
     let _ = stream.write_all(b"QUIT\r\n");
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
@@ -130,8 +179,16 @@ fn run_starts_answers_and_stops_on_sigterm() {
     };
     assert!(exit.success(), "{exit:?}");
     let mut log = String::new();
-    child.stderr.take().expect("stderr").read_to_string(&mut log).expect("log");
-    assert!(log.contains("route=r") || log.contains("route: r") || log.contains("\"r\""), "{log}");
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(
+        log.contains("route=r") || log.contains("route: r") || log.contains("\"r\""),
+        "{log}"
+    );
     assert!(log.contains("resolve"), "the cause is logged: {log}");
     assert!(log.contains("SIGTERM"), "{log}");
 }

@@ -44,7 +44,12 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     let dir = TempDir::new("postern-secrets");
     let ca = pki.write_ca_pem(dir.path());
     let mut sessions = 0;
-    for (security, auth) in [("none", "apop"), ("starttls", "user"), ("tls", "plain"), ("none", "cram-md5")] {
+    for (security, auth) in [
+        ("none", "apop"),
+        ("starttls", "user"),
+        ("tls", "plain"),
+        ("none", "cram-md5"),
+    ] {
         let sec = match security {
             "none" => FakeSecurity::Plain,
             "tls" => FakeSecurity::Tls(pki.server_config()),
@@ -62,28 +67,47 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         } else {
             format!(", ca: \"{}\", server_name: localhost", ca.display())
         };
-        let gw = start(&format!("routes:\n{}", pop3_route("r", fake.addr(), security, auth, &extra))).await;
+        let gw = start(&format!(
+            "routes:\n{}",
+            pop3_route("r", fake.addr(), security, auth, &extra)
+        ))
+        .await;
         // A failed USER/PASS, then AUTH PLAIN with the right password.
         let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
         c.read_line().await.expect("greeting");
         c.command("USER carol").await.expect("user");
-        assert!(c.command(&format!("PASS {WRONG}")).await.expect("pass").starts_with("-ERR"));
+        assert!(c
+            .command(&format!("PASS {WRONG}"))
+            .await
+            .expect("pass")
+            .starts_with("-ERR"));
         let r = c
-            .command(&format!("AUTH PLAIN {}", sasl_plain_response("", "carol", PASSWORD)))
+            .command(&format!(
+                "AUTH PLAIN {}",
+                sasl_plain_response("", "carol", PASSWORD)
+            ))
             .await
             .expect("auth");
         assert!(r.starts_with("+OK"), "{security}/{auth}: {r}");
         assert!(c.command("RETR 1").await.expect("retr").starts_with("+OK"));
         c.read_multiline().await.expect("body");
         c.command("QUIT").await.expect("quit");
-        fake.expect_event("login", |e| matches!(e, Pop3Event::LoggedIn { .. }), Duration::from_secs(5)).await;
+        fake.expect_event(
+            "login",
+            |e| matches!(e, Pop3Event::LoggedIn { .. }),
+            Duration::from_secs(5),
+        )
+        .await;
         gw.stop().await;
         sessions += 1;
     }
     assert_eq!(sessions, 4);
 
     let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
-    assert!(log.contains("logged in upstream"), "the capture is empty or not at TRACE:\n{log}");
+    assert!(
+        log.contains("logged in upstream"),
+        "the capture is empty or not at TRACE:\n{log}"
+    );
     assert!(log.contains("TRACE"), "no TRACE lines captured");
     let mut needles = vec![
         PASSWORD.to_owned(),
@@ -100,9 +124,15 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     use base64::Engine as _;
     needles.push(base64::engine::general_purpose::STANDARD.encode(PASSWORD));
     for needle in &needles {
-        assert!(!log.contains(needle.as_str()), "secret {needle:?} found in the log");
+        assert!(
+            !log.contains(needle.as_str()),
+            "secret {needle:?} found in the log"
+        );
     }
     // No base64 blob of the shape of a CRAM-MD5 response ("carol <32 hex>").
     let cram_prefix = base64::engine::general_purpose::STANDARD.encode("carol ");
-    assert!(!log.contains(&cram_prefix[..6]), "a CRAM-MD5 response appears in the log");
+    assert!(
+        !log.contains(&cram_prefix[..6]),
+        "a CRAM-MD5 response appears in the log"
+    );
 }

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016 # cleanup commands are stored unexpanded, run by eval
 # Real-server interop test for postern: private Dovecot on 127.0.0.1, postern
 # routes in every upstream mode in front of it, real legacy clients (Python
 # poplib, a raw socket, curl) on the other side. Everything runs on loopback
@@ -42,7 +43,7 @@ for suite in "${SUITES[@]}"; do
   source "$HERE/suites/$suite.sh"
 done
 
-usage() { sed -n '2,/^set -Eeuo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+usage() { sed -n '3,/^set -Eeuo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 MODE=full
 ATTACH_DIR=
@@ -109,8 +110,10 @@ start_servers() {
 attach_servers() {
   [ -f "$ATTACH_DIR/servers.env" ] || die "$ATTACH_DIR/servers.env not found: pass the directory a --dovecot-only run printed"
   STATE_FILE=/dev/null
+  set -a  # the Python drivers read the passwords from the environment
   # shellcheck source=/dev/null
   source "$ATTACH_DIR/servers.env"
+  set +a
   kill -0 "$DOVECOT_PID" 2>/dev/null || die "Dovecot (pid $DOVECOT_PID) from $ATTACH_DIR is not running"
   RUN_DIR=$(mktemp -d "$WORK/run-attach.XXXXXX")
   RESULTS="$RUN_DIR/results.tsv"
@@ -126,6 +129,7 @@ run_postern_checks() {
   postern_build
   postern_write_config
   postern_check_config
+  dovecot_log_mark
   for suite in "${SUITES[@]}"; do
     read -r -a more <<<"$("${suite}_listen_ports")"
     ports+=("${more[@]}")

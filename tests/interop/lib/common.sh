@@ -20,6 +20,15 @@ record() {
 pass() { record PASS "$1" "${2:-}"; }
 fail() { record FAIL "$1" "${2:-}"; }
 
+# driver_status NAME STATUS: a Python driver exits 0 (all passed) or 3 (it
+# recorded failures); anything else means it crashed part-way.
+driver_status() {
+  case $2 in
+    0 | 3) pass "$1" ;;
+    *) fail "$1" "exit status $2: the driver crashed, see its traceback above" ;;
+  esac
+}
+
 # Prints the table and returns non-zero unless every check passed and there
 # was at least one (a run that checked nothing is a failure, not a pass).
 summary() {

@@ -1,4 +1,8 @@
 # shellcheck shell=bash
+# state_set assigns the variables it is given by name:
+# shellcheck disable=SC2153
+# Cleanup and dump commands are stored unexpanded and run by eval at exit:
+# shellcheck disable=SC2016
 # A private Dovecot instance under $WORK/dovecot: own base_dir, state_dir,
 # log and instance_name; nothing in /etc is read or changed. Suites add
 # protocols and config fragments before dovecot_start (the POP3 suite adds
@@ -131,8 +135,16 @@ dovecot_stop() {
   stop_pid "$DOVECOT_PID" dovecot 2 || true
 }
 
+# dovecot_log_mark: later log checks only see what Dovecot logs from now
+# on (an --attach run must not count an earlier run's logins).
+DOVECOT_LOG_MARK=0
+dovecot_log_mark() { DOVECOT_LOG_MARK=$(stat -c %s "$DOVECOT_LOG"); }
+
+# dovecot_log: the log since the mark.
+dovecot_log() { tail -c "+$((DOVECOT_LOG_MARK + 1))" "$DOVECOT_LOG"; }
+
 # dovecot_login_lines SERVICE LPORT: the successful login lines of that
 # login service (pop3-login, imap-login, ...) on that local port.
 dovecot_login_lines() {
-  grep -F "$1: Info: Login: " "$DOVECOT_LOG" | grep -F ", lport=$2," || true
+  dovecot_log | grep -F "$1: Info: Login: " | grep -F ", lport=$2," || true
 }

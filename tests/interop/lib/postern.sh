@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# Cleanup and dump commands are stored unexpanded and run by eval at exit:
+# shellcheck disable=SC2016
 # Build, configure, start and stop postern for the interop run.
 
 # postern_build: sets POSTERN_BIN. Honours a POSTERN_BIN given from outside

@@ -95,21 +95,22 @@ pop3_start() { :; }
 pop3_expect_logins() {
   local name=$1 lport=$2 method=$3 transport=$4 min=${5:-1}
   local lines logins wrong
-  lines=$(grep -F ", lport=$lport," "$DOVECOT_LOG" | grep -F 'pop3-login: ' | grep -F ' method=' || true)
+  lines=$(dovecot_log | grep -F ", lport=$lport," | grep -F 'pop3-login: ' | grep -F ' method=' || true)
   logins=$(dovecot_login_lines pop3-login "$lport" | grep -c . || true)
   wrong=$(printf '%s\n' "$lines" | grep . | grep -v -F -e "method=$method," || true)
   if [ -n "$wrong" ]; then
-    fail "$name: Dovecot saw only method=$method on port $lport" "$(printf '%s\n' "$wrong" | head -n 3)"
+    fail "$name/dovecot log: only method=$method on port $lport" "$(printf '%s\n' "$wrong" | head -n 3)"
   elif [ "$logins" -lt "$min" ]; then
-    fail "$name: Dovecot saw only method=$method on port $lport" "$logins login lines, want at least $min"
+    fail "$name/dovecot log: only method=$method on port $lport" "$logins login lines, want at least $min"
   else
-    pass "$name: Dovecot saw only method=$method on port $lport" "$logins logins"
+    pass "$name/dovecot log: only method=$method on port $lport" "$logins logins"
   fi
-  wrong=$(printf '%s\n' "$lines" | grep . | grep -v -F -e ", $transport," || true)
+  # A failed login's line reads "TLS: Connection closed" where a login says "TLS".
+  wrong=$(printf '%s\n' "$lines" | grep . | grep -v -E -e ", ${transport}[,:]" || true)
   if [ -n "$wrong" ] || [ "$logins" -lt "$min" ]; then
-    fail "$name: every login on port $lport was $transport" "$(printf '%s\n' "$wrong" | head -n 3)"
+    fail "$name/dovecot log: every login on port $lport was $transport" "$(printf '%s\n' "$wrong" | head -n 3)"
   else
-    pass "$name: every login on port $lport was $transport"
+    pass "$name/dovecot log: every login on port $lport was $transport"
   fi
 }
 
@@ -135,7 +136,7 @@ pop3_baseline() {
   python3 "$HERE/pop3_check.py" baseline --results "$RESULTS" --expected "$POP3_EXPECTED" \
     --user "$POP3_USER" --plain-port "$DOVECOT_POP3_DIRECT" --pop3s-port "$DOVECOT_POP3S_DIRECT" \
     --ca "$PKI_DIR/ca.pem" || rc=$?
-  [ "$rc" -eq 0 ] || log "pop3_check.py baseline exited $rc"
+  driver_status "dovecot/baseline driver ran to completion" "$rc"
   local d=$DOVECOT_POP3_DIRECT
   pop3_expect_login_line "dovecot/log: direct APOP login shows method=APOP" "$d" "method=APOP," ", secured,"
   pop3_expect_login_line "dovecot/log: direct CRAM-MD5 login shows method=CRAM-MD5" "$d" "method=CRAM-MD5," ", secured,"
@@ -193,7 +194,7 @@ pop3_checks() {
       --upstream-lport "${!portvar}" --dovecot-log "$DOVECOT_LOG" \
       --user "$POP3_USER" --dele-user "$POP3_DELE_USER" --dele-maildir "$POP3_DELE_MAILDIR" \
       --mail-uid "$DOVECOT_MAIL_UID" --tmp "$RUN_DIR" || rc=$?
-    [ "$rc" -eq 0 ] || log "pop3_check.py route $name exited $rc"
+    driver_status "pop3/$name/driver ran to completion" "$rc"
     pop3_expect_logins "pop3/$name" "${!portvar}" "$method" "$transport"
     i=$((i + 1))
   done
