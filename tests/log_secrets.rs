@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::{pop3_route, start};
 use postern_testkit::{
-    cram_md5_digest, rfc1939_apop_digest, sasl_plain_response, FakePop3, FakeSecurity, LineClient,
-    Pop3Event, Pop3Script, TempDir, TestPki, RFC1939_TIMESTAMP,
+    cram_md5_digest, login_base64, rfc1939_apop_digest, sasl_plain_response, FakePop3,
+    FakeSecurity, FakeSmtp, LineClient, Pop3Event, Pop3Script, SmtpEvent, SmtpScript, TempDir,
+    TestPki, RFC1939_TIMESTAMP,
 };
 
 #[derive(Clone, Default)]
@@ -101,7 +102,59 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         gw.stop().await;
         sessions += 1;
     }
-    assert_eq!(sessions, 4);
+    for (security, auth) in [
+        ("none", "cram-md5"),
+        ("starttls", "plain"),
+        ("tls", "login"),
+    ] {
+        let sec = match security {
+            "none" => FakeSecurity::Plain,
+            "tls" => FakeSecurity::Tls(pki.server_config()),
+            _ => FakeSecurity::Starttls(pki.server_config()),
+        };
+        let fake = FakeSmtp::start(
+            SmtpScript::new()
+                .credentials("carol", PASSWORD)
+                .security(sec),
+        )
+        .await;
+        let extra = if security == "none" {
+            String::new()
+        } else {
+            format!(", ca: \"{}\", server_name: localhost", ca.display())
+        };
+        let yaml = format!(
+            "routes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: {security}, auth: {auth}{extra} }}\n",
+            fake.addr()
+        );
+        let gw = start(&yaml).await;
+        let mut c = LineClient::connect(gw.addr("s")).await.expect("connect");
+        c.read_smtp_reply().await.expect("greeting");
+        c.smtp_command("EHLO c").await.expect("ehlo");
+        // A failed AUTH PLAIN, then AUTH LOGIN with the right password.
+        let r = c
+            .smtp_command(&format!(
+                "AUTH PLAIN {}",
+                sasl_plain_response("", "carol", WRONG)
+            ))
+            .await
+            .expect("auth");
+        assert!(r[0].starts_with("535"), "{r:?}");
+        c.smtp_command("AUTH LOGIN").await.expect("login");
+        c.smtp_command(&login_base64("carol")).await.expect("user");
+        let r = c.smtp_command(&login_base64(PASSWORD)).await.expect("pass");
+        assert!(r[0].starts_with("235"), "{security}/{auth}: {r:?}");
+        c.smtp_command("QUIT").await.expect("quit");
+        fake.expect_event(
+            "login",
+            |e| matches!(e, SmtpEvent::AuthOk { .. }),
+            Duration::from_secs(5),
+        )
+        .await;
+        gw.stop().await;
+        sessions += 1;
+    }
+    assert_eq!(sessions, 7);
 
     let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
     assert!(
@@ -123,6 +176,8 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     needles.push(cram_md5_digest(PASSWORD, RFC1939_TIMESTAMP));
     use base64::Engine as _;
     needles.push(base64::engine::general_purpose::STANDARD.encode(PASSWORD));
+    needles.push(login_base64(PASSWORD));
+    needles.push(login_base64(WRONG));
     for needle in &needles {
         assert!(
             !log.contains(needle.as_str()),
