@@ -60,12 +60,14 @@ impl Gateway {
                         }
                     })?)
                 }
-                Protocol::Smtp => Arc::new(postern_smtp::SmtpFrontend::new(route).map_err(|source| {
-                    StartError::Tls {
-                        route: route.name.clone(),
-                        source,
-                    }
-                })?),
+                Protocol::Smtp => {
+                    Arc::new(postern_smtp::SmtpFrontend::new(route).map_err(|source| {
+                        StartError::Tls {
+                            route: route.name.clone(),
+                            source,
+                        }
+                    })?)
+                }
                 _ => return Err(StartError::Unsupported(route.name.clone())),
             };
             let acl = Acl::new(route.allow_list());

@@ -117,7 +117,8 @@ enum End {
     Upstream(UpstreamError),
 }
 
-const UPSTREAM_LOST: &[u8] = b"421 4.4.2 postern: the connection to the mail server was lost; closing\r\n";
+const UPSTREAM_LOST: &[u8] =
+    b"421 4.4.2 postern: the connection to the mail server was lost; closing\r\n";
 
 async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -> End {
     let (up, setup) = match connect(ctx).await {
@@ -216,9 +217,11 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                                         }
                                         other => {
                                             let _ = write_client(client, UPSTREAM_LOST).await;
-                                            return End::Upstream(UpstreamError::Protocol(format!(
-                                                "internal: unexpected login step {other:?}"
-                                            )));
+                                            return End::Upstream(UpstreamError::Protocol(
+                                                format!(
+                                                    "internal: unexpected login step {other:?}"
+                                                ),
+                                            ));
                                         }
                                     }
                                 }
@@ -267,7 +270,13 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                     let ms = started.elapsed().as_millis() as u64;
                     let answer: Cow<'static, [u8]> = match outcome {
                         DataOutcome::Relayed { reply, bytes } => {
-                            tracing::info!(rcpts, bytes, code = reply.code(), ms, "message relayed");
+                            tracing::info!(
+                                rcpts,
+                                bytes,
+                                code = reply.code(),
+                                ms,
+                                "message relayed"
+                            );
                             Cow::Owned(reply.raw().to_vec())
                         }
                         DataOutcome::UpstreamLost { error, bytes } => {
@@ -276,9 +285,16 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                             Cow::Borrowed(b"451 4.4.2 postern: the connection to the mail server was lost; the message was not accepted, try again\r\n")
                         }
                         DataOutcome::TooBig { bytes } => {
-                            tracing::warn!(rcpts, bytes, ms, "message refused: larger than the SIZE limit");
+                            tracing::warn!(
+                                rcpts,
+                                bytes,
+                                ms,
+                                "message refused: larger than the SIZE limit"
+                            );
                             up = None;
-                            Cow::Borrowed(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+                            Cow::Borrowed(
+                                b"552 5.3.4 Message size exceeds fixed maximum message size\r\n",
+                            )
                         }
                         DataOutcome::BareLineEnding { bytes } => {
                             tracing::warn!(rcpts, bytes, ms, "message refused: bare CR or LF in the data; upstream dropped without end of data");
@@ -290,7 +306,13 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                             return End::Closed("bare line ending in DATA");
                         }
                         DataOutcome::ClientGone { why, bytes } => {
-                            tracing::warn!(rcpts, bytes, ms, why, "client left during DATA; upstream dropped without end of data");
+                            tracing::warn!(
+                                rcpts,
+                                bytes,
+                                ms,
+                                why,
+                                "client left during DATA; upstream dropped without end of data"
+                            );
                             return End::Closed(why);
                         }
                     };
@@ -332,17 +354,36 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutc
     loop {
         if client.buffered().is_empty() {
             match tokio::time::timeout(limits::SMTP_DATA_BLOCK, client.fill()).await {
-                Ok(Ok(0)) => return DataOutcome::ClientGone { why: "client closed the connection", bytes: scan.bytes() },
+                Ok(Ok(0)) => {
+                    return DataOutcome::ClientGone {
+                        why: "client closed the connection",
+                        bytes: scan.bytes(),
+                    }
+                }
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) => return DataOutcome::ClientGone { why: "client connection failed", bytes: scan.bytes() },
-                Err(_) => return DataOutcome::ClientGone { why: "client data timeout", bytes: scan.bytes() },
+                Ok(Err(_)) => {
+                    return DataOutcome::ClientGone {
+                        why: "client connection failed",
+                        bytes: scan.bytes(),
+                    }
+                }
+                Err(_) => {
+                    return DataOutcome::ClientGone {
+                        why: "client data timeout",
+                        bytes: scan.bytes(),
+                    }
+                }
             }
         }
         let chunk = client.buffered();
         let held_before = scan.held();
         let (take, end) = match scan.feed(chunk) {
             Scan::End(n) => (n, true),
-            Scan::BareLineEnding(_) => return DataOutcome::BareLineEnding { bytes: scan.bytes() },
+            Scan::BareLineEnding(_) => {
+                return DataOutcome::BareLineEnding {
+                    bytes: scan.bytes(),
+                }
+            }
             _ => (chunk.len(), false),
         };
         if scan.bytes() > max_size {
@@ -352,9 +393,18 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutc
             out.clear();
             out.extend_from_slice(held_before);
             out.extend_from_slice(&chunk[..take]);
-            let send = if end { out.len() } else { out.len() - scan.held().len() };
+            let send = if end {
+                out.len()
+            } else {
+                out.len() - scan.held().len()
+            };
             if send > 0 {
-                let written = upstream::deadline(limits::WRITE_TIMEOUT, "sending message data", up.write_all(&out[..send])).await;
+                let written = upstream::deadline(
+                    limits::WRITE_TIMEOUT,
+                    "sending message data",
+                    up.write_all(&out[..send]),
+                )
+                .await;
                 if let Err(e) = written {
                     failure = Some(e);
                 }
@@ -372,7 +422,13 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutc
     if let Some(error) = failure {
         return DataOutcome::UpstreamLost { error, bytes };
     }
-    match read_reply(up, limits::SMTP_FINAL_REPLY_TIMEOUT, "the reply to the end of data").await {
+    match read_reply(
+        up,
+        limits::SMTP_FINAL_REPLY_TIMEOUT,
+        "the reply to the end of data",
+    )
+    .await
+    {
         Ok(reply) => DataOutcome::Relayed { reply, bytes },
         Err(error) => DataOutcome::UpstreamLost { error, bytes },
     }
@@ -383,20 +439,29 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutc
 async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamSetup), (UpstreamError, bool)> {
     let up = &ctx.upstream;
     let conn = match (&ctx.tls, up.security) {
-        (Some(tls), Security::Tls) => upstream::connect_tls(&up.address, tls)
-            .await
-            .map_err(|e| {
+        (Some(tls), Security::Tls) => {
+            upstream::connect_tls(&up.address, tls).await.map_err(|e| {
                 let tls = matches!(e, UpstreamError::Tls(_));
                 (e, tls)
-            })?,
-        _ => Conn::new(Stream::Tcp(upstream::connect_tcp(&up.address).await.map_err(|e| (e, false))?)),
+            })?
+        }
+        _ => Conn::new(Stream::Tcp(
+            upstream::connect_tcp(&up.address)
+                .await
+                .map_err(|e| (e, false))?,
+        )),
     };
     let ehlo_name = match conn.stream().local_addr().map(|a| a.ip()) {
         Ok(IpAddr::V4(ip)) => format!("[{ip}]"),
         Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
         Err(_) => HOSTNAME.to_owned(),
     };
-    let mut setup = UpstreamSetup::new(up.security, up.auth, ehlo_name, up.security == Security::Tls);
+    let mut setup = UpstreamSetup::new(
+        up.security,
+        up.auth,
+        ehlo_name,
+        up.security == Security::Tls,
+    );
     let first = setup.start();
     let (conn, step) = drive(ctx, conn, &mut setup, first).await?;
     match step {
@@ -433,7 +498,12 @@ async fn drive(
             }
             Step::StartTls => {
                 let Some(tls) = &ctx.tls else {
-                    return Err((UpstreamError::Protocol("internal: STARTTLS without TLS settings".to_owned()), true));
+                    return Err((
+                        UpstreamError::Protocol(
+                            "internal: STARTTLS without TLS settings".to_owned(),
+                        ),
+                        true,
+                    ));
                 };
                 up = upstream::starttls(up, tls).await.map_err(|e| (e, true))?;
                 tracing::debug!(tls = ?up.stream().tls_version(), "upstream STARTTLS done");
@@ -447,12 +517,21 @@ async fn drive(
 
 /// Sends one command and reads its complete reply.
 async fn command(up: &mut Conn, line: &[u8], timeout: Duration) -> Result<Reply, UpstreamError> {
-    upstream::deadline(limits::WRITE_TIMEOUT, "writing to the server", up.write_all(line)).await?;
+    upstream::deadline(
+        limits::WRITE_TIMEOUT,
+        "writing to the server",
+        up.write_all(line),
+    )
+    .await?;
     read_reply(up, timeout, "a command reply").await
 }
 
 /// Reads one complete (possibly multi-line) reply under one deadline.
-async fn read_reply(up: &mut Conn, timeout: Duration, phase: &'static str) -> Result<Reply, UpstreamError> {
+async fn read_reply(
+    up: &mut Conn,
+    timeout: Duration,
+    phase: &'static str,
+) -> Result<Reply, UpstreamError> {
     let read = async {
         let mut builder = ReplyBuilder::new();
         loop {
@@ -479,7 +558,11 @@ async fn read_reply(up: &mut Conn, timeout: Duration, phase: &'static str) -> Re
 }
 
 /// Reads one client line: `Ok(None)` if it was too long (already discarded).
-async fn read_client(client: &mut Conn, max: usize, idle: Duration) -> Result<Option<Vec<u8>>, &'static str> {
+async fn read_client(
+    client: &mut Conn,
+    max: usize,
+    idle: Duration,
+) -> Result<Option<Vec<u8>>, &'static str> {
     match tokio::time::timeout(idle, client.read_line(max)).await {
         Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
         Ok(Ok(LineRead::TooLong)) => Ok(None),
