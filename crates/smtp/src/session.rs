@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_core::config::{Route, Security, UpstreamAuth};
-use postern_core::credentials::CredentialSource;
+use postern_core::credentials::{CredentialSource, Login};
 use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
 use postern_core::limits;
 use postern_core::server::{Frontend, SessionFuture};
@@ -194,46 +194,14 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                         let _ = write_client(client, UPSTREAM_LOST).await;
                         return End::Closed("upstream lost earlier");
                     };
-                    let name = login.user().to_owned();
-                    let outcome = match ctx.credentials.resolve(login) {
-                        Ok(login) => {
-                            let first = setup.authenticate(login);
-                            match drive(ctx, conn, &mut setup, first).await {
-                                Ok((conn, step)) => {
-                                    up = Some(conn);
-                                    match step {
-                                        Step::Authenticated => {
-                                            tracing::info!(user = %name, "logged in upstream");
-                                            *user = Some(name);
-                                            LoginOutcome::Accepted
-                                        }
-                                        Step::Refused(reply) => {
-                                            tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused the login");
-                                            if reply.is_transient() {
-                                                LoginOutcome::TemporaryFailure
-                                            } else {
-                                                LoginOutcome::Rejected
-                                            }
-                                        }
-                                        other => {
-                                            let _ = write_client(client, UPSTREAM_LOST).await;
-                                            return End::Upstream(UpstreamError::Protocol(
-                                                format!(
-                                                    "internal: unexpected login step {other:?}"
-                                                ),
-                                            ));
-                                        }
-                                    }
-                                }
-                                Err((e, _)) => {
-                                    let _ = write_client(client, UPSTREAM_LOST).await;
-                                    return End::Upstream(e);
-                                }
-                            }
-                        }
-                        Err(_) => {
+                    let outcome = match login_upstream(ctx, conn, &mut setup, login, user).await {
+                        Ok((conn, outcome)) => {
                             up = Some(conn);
-                            LoginOutcome::Rejected
+                            outcome
+                        }
+                        Err(e) => {
+                            let _ = write_client(client, UPSTREAM_LOST).await;
+                            return End::Upstream(e);
                         }
                     };
                     if let Err(why) = write_client(client, session.on_login(outcome)).await {
@@ -324,6 +292,43 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
             }
         }
     }
+}
+
+/// Carries a client's login to the upstream with the route's mechanism.
+async fn login_upstream(
+    ctx: &RouteContext,
+    conn: Conn,
+    setup: &mut UpstreamSetup,
+    login: Login,
+    user: &mut Option<String>,
+) -> Result<(Conn, LoginOutcome), UpstreamError> {
+    let name = login.user().to_owned();
+    let Ok(login) = ctx.credentials.resolve(login) else {
+        return Ok((conn, LoginOutcome::Rejected));
+    };
+    let first = setup.authenticate(login);
+    let (conn, step) = drive(ctx, conn, setup, first).await.map_err(|(e, _)| e)?;
+    let outcome = match step {
+        Step::Authenticated => {
+            tracing::info!(user = %name, "logged in upstream");
+            *user = Some(name);
+            LoginOutcome::Accepted
+        }
+        Step::Refused(reply) if reply.is_transient() => {
+            tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused the login for now");
+            LoginOutcome::TemporaryFailure
+        }
+        Step::Refused(reply) => {
+            tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused the login");
+            LoginOutcome::Rejected
+        }
+        other => {
+            return Err(UpstreamError::Protocol(format!(
+                "internal: unexpected login step {other:?}"
+            )))
+        }
+    };
+    Ok((conn, outcome))
 }
 
 /// How one message's data went.
