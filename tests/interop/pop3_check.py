@@ -419,6 +419,7 @@ def cmd_route(a):
         R.record(False, "remaining checks", "not run: logging in through the route failed")
         return R.finish(f"route {a.route}")
     check_raw_wire(R, a, ref)
+    check_pipelining(R, a, ref)
     check_concurrent(R, a, ref)
     check_dele_without_quit(R, a, ref, dlog)
     check_dele_quit(R, a)
@@ -458,15 +459,67 @@ def check_poplib_session(R, a, ref, expected):
             R.equal(f"LIST {n} equals direct", p.list(n), ref.list_n[n])
             R.equal(f"UIDL {n} equals direct", p.uidl(n), ref.uidl_n[n])
         R.record(p.noop().startswith(b"+OK"), "NOOP")
+        R.record(p.dele(1).startswith(b"+OK"), "DELE 1 (undone by RSET below)")
+        R.equal("STAT after DELE counts one message less", p.stat()[0], ref.count - 1)
         R.record(p.rset().startswith(b"+OK"), "RSET")
-        try:
-            resp = p._shortcmd("XYZZY")  # noqa: SLF001 - poplib has no public raw command
-            R.record(False, "unknown command gets -ERR", resp.decode(errors="replace"))
-        except poplib.error_proto as e:
-            R.record(str(e).startswith("b'-ERR"), "unknown command gets -ERR", str(e))
+        R.equal("STAT after RSET equals direct", p.stat(), ref.stat)
+        expect_err(R, "unknown command gets -ERR", lambda: p._shortcmd("XYZZY"))  # noqa: SLF001
+        expect_err(R, "RETR of a missing message gets -ERR", lambda: p.retr(ref.count + 1))
         R.equal("session still usable after -ERR (STAT)", p.stat(), ref.stat)
         R.record(p.quit().startswith(b"+OK"), "QUIT")
     return logged_in
+
+
+def expect_err(R, name, call):
+    """`call` must get a -ERR reply (poplib raises error_proto with it)."""
+    try:
+        resp = call()
+        R.record(False, name, f"got {shorten(resp)}")
+    except poplib.error_proto as e:
+        # poplib reports a closed connection as the str "-ERR EOF"; a real
+        # reply arrives as bytes.
+        reply = e.args[0] if e.args else b""
+        R.record(isinstance(reply, bytes) and reply.startswith(b"-ERR"), name, shorten(reply))
+
+
+def check_pipelining(R, a, ref):
+    """RFC 2449 PIPELINING: when postern advertises it, a client may send
+    everything in one write, login included. Postern must answer each
+    command once and in order, even for bytes that arrive while it is
+    still logging in upstream."""
+    with R.block("pipelining"):
+        p = poplib.POP3(HOST, a.via_port, timeout=TIMEOUT)
+        try:
+            caps = p.capa()
+        except poplib.error_proto:
+            caps = {}
+        p.quit()
+        if "PIPELINING" not in caps:
+            R.record(True, "pipelined session", "PIPELINING not advertised, so clients must not pipeline")
+            return
+        tail = ["STAT", "LIST", "UIDL", "RETR 2", "TOP 1 0", "NOOP"]
+        multi = {"LIST", "UIDL", "RETR", "TOP"}
+
+        def run(port):
+            r = Raw(port)
+            r.sock.sendall("".join(f"{c}\r\n" for c in
+                                   [f"USER {a.user}", f"PASS {a.password}"] + tail + ["QUIT"]).encode())
+            login = [r.line(), r.line()]
+            replies = []
+            for c in tail:
+                status = r.line()
+                body = r.multiline() if status.startswith(b"+OK") and c.split()[0] in multi else b""
+                replies.append(status + body)
+            bye = r.line()
+            r.close()
+            return login, replies, bye
+
+        login, replies, bye = run(a.via_port)
+        R.record(all(x.startswith(b"+OK") for x in login), "pipelined USER and PASS accepted",
+                 b" | ".join(x.strip() for x in login).decode(errors="replace"))
+        _, want, _ = run(a.direct_port)
+        R.equal("pipelined STAT LIST UIDL RETR TOP NOOP answered in order, bytes equal direct", replies, want)
+        R.record(bye.startswith(b"+OK"), "pipelined QUIT")
 
 
 def check_raw_wire(R, a, ref):
@@ -589,11 +642,7 @@ def check_bad_password(R, a):
     with R.block("wrong password is refused"):
         p = poplib.POP3(HOST, a.via_port, timeout=TIMEOUT)
         p.user(a.user)
-        try:
-            resp = p.pass_(a.password + "-wrong")
-            R.record(False, "wrong password is refused with -ERR", resp.decode(errors="replace"))
-        except poplib.error_proto as e:
-            R.record(str(e).startswith("b'-ERR"), "wrong password is refused with -ERR", str(e))
+        expect_err(R, "wrong password is refused with -ERR", lambda: p.pass_(a.password + "-wrong"))
         try:
             p.quit()
         except (poplib.error_proto, OSError, EOFError):

@@ -165,6 +165,7 @@ Run the postern checks against these servers (repeatable):
   $0 --attach $WORK
 Press Ctrl-C to stop the servers and remove $WORK.
 INFO
+    trap 'exit 0' INT TERM  # stopping the servers is this mode's normal end
     sleep infinity &
     SLEEP_PID=$!
     on_exit 'kill "$SLEEP_PID" 2>/dev/null || true'

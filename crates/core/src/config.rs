@@ -213,6 +213,17 @@ pub struct ListenMap {
     /// PEM private key for a TLS listener.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// Refuse logins before TLS (default: true with `security: starttls`).
+    #[serde(default)]
+    pub require_tls_for_auth: Option<bool>,
+}
+
+impl ListenMap {
+    /// Whether logins are refused (and not advertised) before TLS.
+    pub fn requires_tls_for_auth(&self) -> bool {
+        self.require_tls_for_auth
+            .unwrap_or(self.security == Security::Starttls)
+    }
 }
 
 fn security_none() -> Security {
@@ -249,6 +260,7 @@ impl<'de> Deserialize<'de> for Listen {
                     security: Security::None,
                     certificate: None,
                     key: None,
+                    require_tls_for_auth: None,
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Listen, A::Error> {
@@ -634,11 +646,27 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
                     "a certificate and key only make sense with `security: tls` or `starttls` on the listen side".to_owned(),
                 );
             }
+            if listen.require_tls_for_auth == Some(true) {
+                p(
+                    "listen.require_tls_for_auth",
+                    "clients could never log in: this listener has `security: none`, so TLS is never available".to_owned(),
+                );
+            }
         }
-        Security::Tls | Security::Starttls => p(
-            "listen.security",
-            "TLS on the listen side is not available in this version yet; use `security: none` (clients on loopback or a trusted LAN)".to_owned(),
-        ),
+        Security::Tls | Security::Starttls => match (&listen.certificate, &listen.key) {
+            (Some(cert), Some(key)) => {
+                if let Err(e) = crate::tls::server_config(cert, key) {
+                    p("listen.certificate", e.to_string());
+                }
+            }
+            _ => p(
+                "listen.certificate",
+                format!(
+                    "`security: {}` on the listen side needs both `certificate:` and `key:` (PEM files; see certs-example/)",
+                    listen.security
+                ),
+            ),
+        },
     }
     let ip = listen.address.ip();
     if route.allow.is_none() && !ip.is_loopback() {

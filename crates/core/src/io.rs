@@ -28,6 +28,15 @@ pub enum Stream {
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// TLS where postern is the server (listen side).
     TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Taken out for a TLS upgrade that failed; every I/O call errors.
+    Detached,
+}
+
+fn detached() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection detached by a failed TLS upgrade",
+    )
 }
 
 impl Stream {
@@ -42,13 +51,14 @@ impl Stream {
             Stream::Tcp(s) => s.local_addr(),
             Stream::TlsClient(s) => s.get_ref().0.local_addr(),
             Stream::TlsServer(s) => s.get_ref().0.local_addr(),
+            Stream::Detached => Err(detached()),
         }
     }
 
     /// The negotiated TLS version, for logs.
     pub fn tls_version(&self) -> Option<&'static str> {
         let v = match self {
-            Stream::Tcp(_) => return None,
+            Stream::Tcp(_) | Stream::Detached => return None,
             Stream::TlsClient(s) => s.get_ref().1.protocol_version(),
             Stream::TlsServer(s) => s.get_ref().1.protocol_version(),
         };
@@ -66,6 +76,7 @@ impl AsyncRead for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
 }
@@ -80,6 +91,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -88,6 +100,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Detached => Poll::Ready(Err(detached())),
         }
     }
 
@@ -96,6 +109,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Detached => Poll::Ready(Ok(())),
         }
     }
 }
@@ -242,6 +256,43 @@ impl Conn {
             .await
             .map_err(UpgradeError::Handshake)?;
         Ok(Conn::new(Stream::TlsClient(Box::new(tls))))
+    }
+}
+
+impl Conn {
+    /// Upgrades a plain client connection in place after postern's own
+    /// STLS/STARTTLS go-ahead (listen side), under the handshake deadline.
+    /// The caller must first check that nothing is buffered past the
+    /// client's STLS/STARTTLS line ([`Conn::buffered`]): such bytes were sent
+    /// in clear and would be taken as commands from inside TLS
+    /// (CVE-2011-0411). On failure the connection is unusable.
+    pub async fn upgrade_server(
+        &mut self,
+        config: &Arc<rustls::ServerConfig>,
+    ) -> Result<(), UpgradeError> {
+        if !self.buffered().is_empty() {
+            return Err(UpgradeError::BytesAfterGoAhead);
+        }
+        let Stream::Tcp(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
+            return Err(UpgradeError::AlreadyTls);
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+        let tls =
+            match tokio::time::timeout(crate::limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                .await
+            {
+                Ok(r) => r.map_err(UpgradeError::Handshake)?,
+                Err(_) => {
+                    return Err(UpgradeError::Handshake(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    )))
+                }
+            };
+        self.stream = Stream::TlsServer(Box::new(tls));
+        self.buf.clear();
+        self.start = 0;
+        Ok(())
     }
 }
 

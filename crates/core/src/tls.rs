@@ -12,8 +12,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 use crate::config::Upstream;
@@ -30,9 +30,28 @@ pub enum TlsSetupError {
         /// Why.
         reason: String,
     },
+    /// A certificate chain file could not be used.
+    #[error("cannot use the certificate file {path}: {reason}")]
+    CertFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A private key file could not be used.
+    #[error("cannot use the key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// rustls refused the configuration.
     #[error("TLS configuration error: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A TLS listener without `certificate:` and `key:`.
+    #[error("a TLS listener needs `certificate:` and `key:`")]
+    MissingCertificate,
     /// No trust anchors at all.
     #[error("no trusted CA certificates could be loaded")]
     NoRoots,
@@ -59,6 +78,43 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetu
         ));
     }
     Ok(certs)
+}
+
+/// Builds a listener's server configuration from PEM files: a certificate
+/// chain (leaf first) and its private key (PKCS#8, PKCS#1 RSA or SEC1 EC;
+/// RSA, ECDSA and Ed25519 keys).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let cert_err = |reason: String| TlsSetupError::CertFile {
+        path: cert.display().to_string(),
+        reason,
+    };
+    let key_err = |reason: String| TlsSetupError::KeyFile {
+        path: key.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(cert).map_err(|e| cert_err(e.to_string()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(format!("not a valid PEM certificate file ({e})")))?;
+    if chain.is_empty() {
+        return Err(cert_err(
+            "it contains no `-----BEGIN CERTIFICATE-----` block".to_owned(),
+        ));
+    }
+    let key_bytes = std::fs::read(key).map_err(|e| key_err(e.to_string()))?;
+    // The key's bytes are never echoed: only the parser's error kind.
+    let private = PrivateKeyDer::from_pem_slice(&key_bytes)
+        .map_err(|e| key_err(format!("no usable private key found ({e})")))?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        .map_err(|e| {
+            key_err(format!(
+                "the key does not fit the certificate or is not supported ({e})"
+            ))
+        })?;
+    Ok(Arc::new(config))
 }
 
 /// Builds the client configuration for one route's upstream.

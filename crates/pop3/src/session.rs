@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postern_core::config::{Route, Security};
+use postern_core::config::{ListenMap, Route, Security};
 use postern_core::credentials::CredentialSource;
 use postern_core::io::{Conn, LineRead, Stream};
 use postern_core::limits;
@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::proto::capa;
-use crate::proto::client::{self, Authorization};
+use crate::proto::client::{self, Authorization, ListenTls};
 use crate::proto::command::{self, Command, MAX_COMMAND_LINE};
 use crate::proto::reply::{
     parse_status, unstuff, BodyEnd, Capabilities, RespCode, Status, MAX_COLLECTED, MAX_REPLY_LINE,
@@ -41,6 +41,8 @@ use crate::proto::upstream::{Step, UpstreamLogin};
 #[derive(Debug)]
 struct RouteContext {
     name: String,
+    listen: ListenMap,
+    acceptor: Option<Arc<rustls::ServerConfig>>,
     upstream: postern_core::config::Upstream,
     tls: Option<TlsTarget>,
     credentials: CredentialSource,
@@ -53,8 +55,14 @@ pub struct Pop3Frontend {
 }
 
 impl Pop3Frontend {
-    /// Prepares a route: builds its TLS client configuration once.
+    /// Prepares a route: builds its TLS configurations once.
     pub fn new(route: &Route) -> Result<Self, TlsSetupError> {
+        let listen = route.listen.0.clone();
+        let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
+            (Security::None, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => return Err(TlsSetupError::MissingCertificate),
+        };
         let tls = match route.upstream.security {
             Security::None => None,
             _ => Some(TlsTarget {
@@ -65,6 +73,8 @@ impl Pop3Frontend {
         Ok(Self {
             ctx: Arc::new(RouteContext {
                 name: route.name.clone(),
+                listen,
+                acceptor,
                 upstream: route.upstream.clone(),
                 tls,
                 credentials: CredentialSource::from_config(&route.credentials),
@@ -86,7 +96,13 @@ impl Frontend for Pop3Frontend {
                 let started = Instant::now();
                 let mut client = Conn::new(Stream::Tcp(stream));
                 let mut user = None;
-                let end = run(&ctx, &mut client, &mut user).await;
+                let end = match (&ctx.acceptor, ctx.listen.security) {
+                    (Some(acceptor), Security::Tls) => match client.upgrade_server(acceptor).await {
+                        Ok(()) => run(&ctx, &mut client, &mut user).await,
+                        Err(_) => End::ClientGone("TLS handshake with the client failed"),
+                    },
+                    _ => run(&ctx, &mut client, &mut user).await,
+                };
                 client.shutdown().await;
                 let ms = started.elapsed().as_millis() as u64;
                 let user = user.as_deref().unwrap_or("-");
@@ -138,7 +154,14 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
     if let Err(why) = write_client(client, b"+OK postern POP3 gateway ready\r\n").await {
         return End::ClientGone(why);
     }
-    let mut auth = Authorization::new(capa::before_login(machine.capabilities()));
+    let mut auth = Authorization::new(
+        machine.capabilities().cloned(),
+        ListenTls {
+            starttls: ctx.listen.security == Security::Starttls,
+            active: client.stream().is_tls(),
+            required_for_auth: ctx.listen.requires_tls_for_auth(),
+        },
+    );
 
     // AUTHORIZATION: every login the client gives is tried upstream.
     loop {
@@ -161,6 +184,25 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                     tokio::time::timeout(Duration::from_secs(2), up.write_all(b"QUIT\r\n")).await;
                 let _ = write_client(client, b"+OK Bye\r\n").await;
                 return End::Quit;
+            }
+            client::Step::StartTls => {
+                // CVE-2011-0411: anything pipelined after STLS was sent in
+                // clear; it must not be read as coming from inside TLS.
+                if !client.buffered().is_empty() {
+                    tracing::warn!("the client sent more after STLS in the same packet (command injection?); closing");
+                    return End::ClientGone("bytes after STLS");
+                }
+                if let Err(why) = write_client(client, b"+OK Begin TLS negotiation\r\n").await {
+                    return End::ClientGone(why);
+                }
+                let Some(acceptor) = &ctx.acceptor else {
+                    return End::ClientGone("internal: STLS without a certificate");
+                };
+                if client.upgrade_server(acceptor).await.is_err() {
+                    return End::ClientGone("TLS handshake with the client failed");
+                }
+                auth.on_tls();
+                continue;
             }
             step => {
                 if let Err(why) = reply_step(client, step).await {

@@ -31,8 +31,10 @@ driver_status() {
 
 # Prints the table and returns non-zero unless every check passed and there
 # was at least one (a run that checked nothing is a failure, not a pass).
+SUMMARY_DONE=
 summary() {
   local total passed failed
+  SUMMARY_DONE=1
   total=$(grep -c . "$RESULTS" || true)
   passed=$(grep -c '^PASS' "$RESULTS" || true)
   failed=$(grep -c '^FAIL' "$RESULTS" || true)
@@ -63,6 +65,11 @@ run_cleanup() {
   set +e
   if [ "$rc" -ne 0 ]; then
     for i in "${FAILURE_DUMPS[@]}"; do eval "$i"; done
+    # A fatal error cut the run short: still show what was checked so far.
+    if [ -z "$SUMMARY_DONE" ] && [ -s "${RESULTS:-}" ]; then
+      summary >&2 || true
+      printf 'RESULT: FAIL (the run stopped early, see FATAL above)\n' >&2
+    fi
   fi
   for ((i = ${#CLEANUP_CMDS[@]} - 1; i >= 0; i--)); do
     eval "${CLEANUP_CMDS[i]}"

@@ -114,7 +114,12 @@ dovecot_start() {
     dump_file "dovecot start output" "$DOVECOT_DIR/start.out"
     die "Dovecot did not start"
   fi
-  pid=$(cat "$DOVECOT_DIR/run/master.pid" 2>/dev/null) || die "Dovecot wrote no master.pid"
+  # The daemonised master writes its pid file a moment after `dovecot` returns.
+  local deadline=$((SECONDS + 10))
+  until pid=$(cat "$DOVECOT_DIR/run/master.pid" 2>/dev/null) && [ -n "$pid" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "Dovecot wrote no $DOVECOT_DIR/run/master.pid within 10s"
+    sleep 0.1
+  done
   state_set DOVECOT_PID "$pid"
   if ! wait_ports 20 "$pid" "$@"; then
     dump_file "dovecot start output" "$DOVECOT_DIR/start.out"
@@ -124,6 +129,8 @@ dovecot_start() {
 }
 
 dovecot_stop() {
+  # Also reached when start failed half-way, before DOVECOT_PID was known.
+  [ -n "${DOVECOT_PID:-}" ] || DOVECOT_PID=$(cat "$DOVECOT_DIR/run/master.pid" 2>/dev/null) || true
   [ -n "${DOVECOT_PID:-}" ] || return 0
   kill -0 "$DOVECOT_PID" 2>/dev/null || return 0
   log "stopping Dovecot (pid $DOVECOT_PID)"

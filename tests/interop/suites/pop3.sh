@@ -10,6 +10,7 @@
 #   <suite>_baseline      check the real servers directly, without postern
 #   <suite>_describe      print ports and credentials (--dovecot-only)
 #   <suite>_routes        print this suite's postern routes (YAML list items)
+#   <suite>_listen_ports  postern ports (picked by _routes) to wait for
 #   <suite>_checks        drive postern's routes and check the results
 #   <suite>_secrets       print the secrets that must never appear in logs
 #

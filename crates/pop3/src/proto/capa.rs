@@ -7,22 +7,34 @@
 
 use super::reply::Capabilities;
 
+/// What the listen side offers before login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// STLS is available (a `starttls` listener not yet upgraded).
+    pub stls: bool,
+    /// Logins are accepted now (TLS active, or not required).
+    pub login: bool,
+}
+
 /// The CAPA reply before login.
 ///
 /// USER and SASL PLAIN are postern's own (it converts them to the route's
-/// upstream method). RESP-CODES and AUTH-RESP-CODE: postern's errors carry
-/// RFC 2449/3206 codes. PIPELINING: postern reads pipelined commands and
-/// answers them in order whatever the upstream does. TOP and UIDL are relayed,
-/// so they are offered only when the upstream lists them.
-pub fn before_login(upstream: Option<&Capabilities>) -> Vec<u8> {
+/// upstream method), listed only when a login is accepted now (RFC 2595 §4:
+/// a server requiring TLS does not advertise them before STLS).
+/// RESP-CODES and AUTH-RESP-CODE: postern's errors carry RFC 2449/3206
+/// codes. PIPELINING: postern reads pipelined commands and answers them in
+/// order whatever the upstream does. TOP and UIDL are relayed, so they are
+/// offered only when the upstream lists them.
+pub fn before_login(upstream: Option<&Capabilities>, offer: Offer) -> Vec<u8> {
     let mut out = b"+OK Capability list follows\r\n".to_vec();
-    for cap in [
-        "USER",
-        "SASL PLAIN",
-        "RESP-CODES",
-        "AUTH-RESP-CODE",
-        "PIPELINING",
-    ] {
+    if offer.stls {
+        push_line(&mut out, b"STLS");
+    }
+    if offer.login {
+        push_line(&mut out, b"USER");
+        push_line(&mut out, b"SASL PLAIN");
+    }
+    for cap in ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"] {
         push_line(&mut out, cap.as_bytes());
     }
     for relayed in ["TOP", "UIDL"] {
@@ -92,44 +104,57 @@ mod tests {
             "EXPIRE NEVER",
         ]);
         let bare = caps(&["USER"]);
-        for (upstream, want) in [
+        let plain = Offer {
+            stls: false,
+            login: true,
+        };
+        let before_tls = Offer {
+            stls: true,
+            login: false,
+        };
+        let before_tls_optional = Offer {
+            stls: true,
+            login: true,
+        };
+        let common = ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"];
+        let with = |head: &[&'static str], tail: &[&'static str]| -> Vec<&'static str> {
+            head.iter()
+                .chain(common.iter())
+                .chain(tail.iter())
+                .copied()
+                .collect()
+        };
+        for (upstream, offer, want) in [
             (
                 Some(&full),
-                vec![
-                    "USER",
-                    "SASL PLAIN",
-                    "RESP-CODES",
-                    "AUTH-RESP-CODE",
-                    "PIPELINING",
-                    "TOP",
-                    "UIDL",
-                    "IMPLEMENTATION postern",
-                ],
+                plain,
+                with(
+                    &["USER", "SASL PLAIN"],
+                    &["TOP", "UIDL", "IMPLEMENTATION postern"],
+                ),
             ),
             (
                 Some(&bare),
-                vec![
-                    "USER",
-                    "SASL PLAIN",
-                    "RESP-CODES",
-                    "AUTH-RESP-CODE",
-                    "PIPELINING",
-                    "IMPLEMENTATION postern",
-                ],
+                plain,
+                with(&["USER", "SASL PLAIN"], &["IMPLEMENTATION postern"]),
             ),
             (
                 None,
-                vec![
-                    "USER",
-                    "SASL PLAIN",
-                    "RESP-CODES",
-                    "AUTH-RESP-CODE",
-                    "PIPELINING",
-                    "IMPLEMENTATION postern",
-                ],
+                plain,
+                with(&["USER", "SASL PLAIN"], &["IMPLEMENTATION postern"]),
+            ),
+            (
+                Some(&full),
+                before_tls,
+                with(&["STLS"], &["TOP", "UIDL", "IMPLEMENTATION postern"]),
+            ),
+            (
+                None,
+                before_tls_optional,
+                with(&["STLS", "USER", "SASL PLAIN"], &["IMPLEMENTATION postern"]),
             ),
         ] {
-            assert_eq!(lines(&before_login(upstream)), want);
+            assert_eq!(lines(&before_login(upstream, offer)), want);
         }
     }
 

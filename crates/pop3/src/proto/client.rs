@@ -1,6 +1,7 @@
 //! The client-facing AUTHORIZATION state (RFC 1939 §4, RFC 5034).
 //!
 //! ```text
+//!   (starttls listener) STLS ─► Step::StartTls ─► [driver: TLS] ─► on_tls(): Idle, USER forgotten
 //!            USER name              PASS pw
 //!   Idle ───────────────► HaveUser ─────────► Step::Login ─► (driver logs in upstream)
 //!    │  AUTH PLAIN                                 ▲
@@ -17,7 +18,9 @@ use postern_core::credentials::Login;
 use postern_core::sasl::{self, SaslError};
 use postern_core::Secret;
 
+use super::capa::{self, Offer};
 use super::command::{self, Command, MAX_COMMAND_LINE, MAX_SASL_LINE};
+use super::reply::Capabilities;
 
 /// The longest line accepted before login: a little over 255 because some
 /// clients send long `AUTH PLAIN` initial responses on the command line.
@@ -33,6 +36,20 @@ pub enum Step {
     Login(Login),
     /// Answer `+OK` to QUIT and close.
     Quit,
+    /// The client asked for STLS: check nothing is pipelined after it,
+    /// send the go-ahead, handshake, then call [`Authorization::on_tls`].
+    StartTls,
+}
+
+/// The listen side's TLS situation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenTls {
+    /// The listener offers STLS.
+    pub starttls: bool,
+    /// The connection is encrypted (implicit TLS, or after STLS).
+    pub active: bool,
+    /// Logins are refused before TLS.
+    pub required_for_auth: bool,
 }
 
 #[derive(Debug)]
@@ -46,7 +63,8 @@ enum State {
 #[derive(Debug)]
 pub struct Authorization {
     state: State,
-    capa: Vec<u8>,
+    upstream: Option<Capabilities>,
+    tls: ListenTls,
 }
 
 fn reply(s: &'static str) -> Step {
@@ -54,12 +72,32 @@ fn reply(s: &'static str) -> Step {
 }
 
 impl Authorization {
-    /// A machine that answers CAPA with `capa` (see [`super::capa::before_login`]).
-    pub fn new(capa: Vec<u8>) -> Self {
+    /// A machine for a client of a listener in `tls` state; CAPA reflects
+    /// the upstream's `upstream` capabilities.
+    pub fn new(upstream: Option<Capabilities>, tls: ListenTls) -> Self {
         Self {
             state: State::Idle,
-            capa,
+            upstream,
+            tls,
         }
+    }
+
+    fn offer(&self) -> Offer {
+        Offer {
+            stls: self.tls.starttls && !self.tls.active,
+            login: self.login_allowed(),
+        }
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls.active || !self.tls.required_for_auth
+    }
+
+    /// The handshake after STLS succeeded: RFC 2595 §4, everything said
+    /// before TLS is forgotten.
+    pub fn on_tls(&mut self) {
+        self.tls.active = true;
+        self.state = State::Idle;
     }
 
     /// The line-length cap for the next client line.
@@ -90,8 +128,19 @@ impl Authorization {
             State::HaveUser(u) => Some(u),
             _ => None,
         };
-        match command::parse(line) {
-            Command::Capa => Step::Reply(Cow::Owned(self.capa.clone())),
+        let cmd = command::parse(line);
+        if matches!(
+            cmd,
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Apop
+        ) && !self.login_allowed()
+        {
+            return reply("-ERR [AUTH] This server requires TLS for logins: send STLS first\r\n");
+        }
+        match cmd {
+            Command::Capa => Step::Reply(Cow::Owned(capa::before_login(
+                self.upstream.as_ref(),
+                self.offer(),
+            ))),
             Command::User(name) => {
                 self.state = State::HaveUser(name.to_vec());
                 reply("+OK Send the password\r\n")
@@ -120,7 +169,9 @@ impl Authorization {
             Command::Apop => reply(
                 "-ERR APOP is not available here; log in with USER/PASS or AUTH PLAIN (postern protects the password upstream)\r\n",
             ),
-            Command::Stls => reply("-ERR STLS is not available on this port\r\n"),
+            Command::Stls if self.tls.active => reply("-ERR Already using TLS\r\n"),
+            Command::Stls if !self.tls.starttls => reply("-ERR STLS is not available on this port\r\n"),
+            Command::Stls => Step::StartTls,
             Command::Quit => Step::Quit,
             Command::Transaction(_) => reply("-ERR Log in first\r\n"),
             Command::Empty => reply("-ERR Empty command\r\n"),
@@ -148,8 +199,14 @@ mod tests {
     use super::*;
     use base64::Engine as _;
 
+    const PLAIN: ListenTls = ListenTls {
+        starttls: false,
+        active: false,
+        required_for_auth: false,
+    };
+
     fn machine() -> Authorization {
-        Authorization::new(b"+OK caps\r\n.\r\n".to_vec())
+        Authorization::new(None, PLAIN)
     }
 
     fn text(step: Step) -> String {
@@ -194,7 +251,7 @@ mod tests {
 
         assert_eq!(text(m.on_line(b"AUTH PLAIN\r\n")), "+ \r\n");
         assert!(text(m.on_line(b"*\r\n")).starts_with("-ERR"));
-        assert!(text(m.on_line(b"CAPA\r\n")).starts_with("+OK caps"));
+        assert!(text(m.on_line(b"CAPA\r\n")).contains("\r\nSASL PLAIN\r\n"));
     }
 
     #[test]
@@ -230,5 +287,46 @@ mod tests {
         assert!(matches!(steps[0], Step::Reply(_)));
         assert!(matches!(steps[1], Step::Reply(_)));
         assert!(matches!(steps[2], Step::Login(_)));
+    }
+
+    #[test]
+    fn starttls_listener_requires_tls_before_login_and_forgets_user() {
+        let mut m = Authorization::new(
+            None,
+            ListenTls {
+                starttls: true,
+                active: false,
+                required_for_auth: true,
+            },
+        );
+        let capa = text(m.on_line(b"CAPA\r\n"));
+        assert!(capa.contains("\r\nSTLS\r\n"), "{capa}");
+        assert!(!capa.contains("USER") && !capa.contains("SASL"), "{capa}");
+        assert!(text(m.on_line(b"USER tim\r\n")).contains("STLS first"));
+        assert!(text(m.on_line(b"AUTH PLAIN AHRpbQB4\r\n")).contains("STLS first"));
+        assert!(matches!(m.on_line(b"STLS\r\n"), Step::StartTls));
+        m.on_tls();
+        let capa = text(m.on_line(b"CAPA\r\n"));
+        assert!(!capa.contains("STLS") && capa.contains("USER"), "{capa}");
+        assert!(text(m.on_line(b"STLS\r\n")).contains("Already"));
+        assert!(text(m.on_line(b"USER tim\r\n")).starts_with("+OK"));
+        let (u, _) = login(m.on_line(b"PASS x\r\n"));
+        assert_eq!(u, "tim");
+    }
+
+    #[test]
+    fn user_given_before_stls_is_forgotten() {
+        let mut m = Authorization::new(
+            None,
+            ListenTls {
+                starttls: true,
+                active: false,
+                required_for_auth: false,
+            },
+        );
+        assert!(text(m.on_line(b"USER early\r\n")).starts_with("+OK"));
+        assert!(matches!(m.on_line(b"STLS\r\n"), Step::StartTls));
+        m.on_tls();
+        assert!(text(m.on_line(b"PASS x\r\n")).contains("USER first"));
     }
 }
