@@ -96,7 +96,7 @@ start_servers() {
 
   section "servers"
   dovecot_init
-  local ports=()
+  local ports=() more=()
   for suite in "${SUITES[@]}"; do
     "${suite}_prepare"
     read -r -a more <<<"$("${suite}_server_ports")"
@@ -125,7 +125,7 @@ attach_servers() {
 # ----------------------------------------------------------------- postern
 
 run_postern_checks() {
-  local suite ports=()
+  local suite ports=() more=() secrets=()
   postern_build
   postern_write_config
   postern_check_config
@@ -136,7 +136,6 @@ run_postern_checks() {
   done
   postern_start "${ports[@]}"
   for suite in "${SUITES[@]}"; do "${suite}_checks"; done
-  local secrets=()
   for suite in "${SUITES[@]}"; do
     mapfile -t more < <("${suite}_secrets")
     secrets+=("${more[@]}")

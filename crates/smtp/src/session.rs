@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postern_core::config::{Route, Security, UpstreamAuth};
+use postern_core::config::{ListenMap, Route, Security, UpstreamAuth};
 use postern_core::credentials::{CredentialSource, Login};
 use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
 use postern_core::limits;
@@ -29,9 +29,9 @@ use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::proto::client::{Action, ClientSession, LoginOutcome};
+use crate::proto::client::{Action, ClientSession, ListenTls, LoginOutcome};
 use crate::proto::data::{DataScanner, Scan};
-use crate::proto::ehlo::{self, Policy};
+use crate::proto::ehlo::Policy;
 use crate::proto::reply::{Reply, ReplyBuilder, MAX_REPLY_LINE};
 use crate::proto::upstream::{Step, UpstreamSetup};
 
@@ -41,6 +41,8 @@ const HOSTNAME: &str = "postern";
 #[derive(Debug)]
 struct RouteContext {
     name: String,
+    listen: ListenMap,
+    acceptor: Option<Arc<rustls::ServerConfig>>,
     upstream: postern_core::config::Upstream,
     tls: Option<TlsTarget>,
     credentials: CredentialSource,
@@ -54,8 +56,14 @@ pub struct SmtpFrontend {
 }
 
 impl SmtpFrontend {
-    /// Prepares a route: builds its TLS client configuration once.
+    /// Prepares a route: builds its TLS configurations once.
     pub fn new(route: &Route) -> Result<Self, TlsSetupError> {
+        let listen = route.listen.0.clone();
+        let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
+            (Security::None, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => return Err(TlsSetupError::MissingCertificate),
+        };
         let tls = match route.upstream.security {
             Security::None => None,
             _ => Some(TlsTarget {
@@ -66,6 +74,8 @@ impl SmtpFrontend {
         Ok(Self {
             ctx: Arc::new(RouteContext {
                 name: route.name.clone(),
+                listen,
+                acceptor,
                 upstream: route.upstream.clone(),
                 tls,
                 credentials: CredentialSource::from_config(&route.credentials),
@@ -88,7 +98,13 @@ impl Frontend for SmtpFrontend {
                 let started = Instant::now();
                 let mut client = Conn::new(Stream::Tcp(stream));
                 let mut user = None;
-                let end = run(&ctx, &mut client, &mut user).await;
+                let end = match (&ctx.acceptor, ctx.listen.security) {
+                    (Some(config), Security::Tls) => match client.upgrade_server(config).await {
+                        Ok(()) => run(&ctx, &mut client, &mut user).await,
+                        Err(_) => End::Closed("TLS handshake with the client failed"),
+                    },
+                    _ => run(&ctx, &mut client, &mut user).await,
+                };
                 client.shutdown().await;
                 let ms = started.elapsed().as_millis() as u64;
                 let user = user.as_deref().unwrap_or("-");
@@ -136,17 +152,20 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
     tracing::debug!(tls = ?up.stream().tls_version(), "upstream ready");
     let mut up = Some(up);
     let mut setup = setup;
-    let auth_required = ctx.upstream.auth != UpstreamAuth::None;
     let policy = Policy {
         max_size: ctx.max_size,
-        offer_auth: auth_required,
+        offer_auth: ctx.upstream.auth != UpstreamAuth::None,
+        offer_starttls: false,
     };
-    let ehlo_reply = ehlo::advertise(setup.extensions(), &policy, HOSTNAME);
     let mut session = ClientSession::new(
-        ehlo_reply,
+        setup.extensions().clone(),
+        policy,
         HOSTNAME,
-        auth_required,
-        policy.effective_size(setup.extensions()),
+        ListenTls {
+            starttls: ctx.listen.security == Security::Starttls,
+            active: client.stream().is_tls(),
+            required_for_auth: ctx.listen.requires_tls_for_auth(),
+        },
     );
     if let Err(why) = write_client(client, b"220 postern ESMTP gateway ready\r\n").await {
         return End::Closed(why);
@@ -188,6 +207,28 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                     }
                     let _ = write_client(client, b"221 2.0.0 Bye\r\n").await;
                     return End::Quit;
+                }
+                Action::StartTls => {
+                    // CVE-2011-0411: anything pipelined after STARTTLS was
+                    // sent in clear; it must not be read as coming from
+                    // inside TLS.
+                    if !client.buffered().is_empty() {
+                        tracing::warn!("the client sent more after STARTTLS in the same packet (command injection?); closing");
+                        return End::Closed("bytes after STARTTLS");
+                    }
+                    if let Err(why) =
+                        write_client(client, b"220 2.0.0 Ready to start TLS\r\n").await
+                    {
+                        return End::Closed(why);
+                    }
+                    let Some(config) = &ctx.acceptor else {
+                        return End::Closed("internal: STARTTLS without a certificate");
+                    };
+                    if client.upgrade_server(config).await.is_err() {
+                        return End::Closed("TLS handshake with the client failed");
+                    }
+                    session.on_tls();
+                    break;
                 }
                 Action::Login(login) => {
                     let Some(conn) = up.take() else {

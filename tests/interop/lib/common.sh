@@ -128,16 +128,29 @@ apt_need() {
 }
 
 # ---------------------------------------------------------------- ports
-# free_ports N: N distinct free TCP ports on 127.0.0.1, space separated. All
-# sockets are held open together so the kernel cannot hand out one twice.
+# free_ports N: N distinct free TCP ports on 127.0.0.1, space separated.
+# Taken below the kernel's ephemeral range, so that no outgoing connection
+# (postern's to Dovecot, say) can grab one between this test and the bind;
+# all are held open together so none is handed out twice.
 free_ports() {
   python3 - "$1" <<'PY'
-import socket, sys
+import random, socket, sys
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    ephemeral_low = int(f.read().split()[0])
+low, high = 10000, max(ephemeral_low, 12000)
 socks = []
-for _ in range(int(sys.argv[1])):
+for candidate in random.sample(range(low, high), high - low):
+    if len(socks) == int(sys.argv[1]):
+        break
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    try:
+        s.bind(("127.0.0.1", candidate))
+    except OSError:
+        s.close()
+        continue
     socks.append(s)
+if len(socks) < int(sys.argv[1]):
+    sys.exit(f"no {sys.argv[1]} free ports between {low} and {high}")
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
 }

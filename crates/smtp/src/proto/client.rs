@@ -23,6 +23,7 @@ use postern_core::sasl::{self, SaslError};
 use postern_core::Secret;
 
 use super::command::{self, clean_line, Command, MAX_COMMAND_LINE};
+use super::ehlo::{self, Extensions, Policy};
 use super::reply::Reply;
 
 /// What the driver should do next.
@@ -40,6 +41,20 @@ pub enum Action {
     Data(Vec<u8>),
     /// Say goodbye and close.
     Quit,
+    /// The client asked for STARTTLS: check nothing is pipelined after it,
+    /// send the go-ahead, handshake, then call [`ClientSession::on_tls`].
+    StartTls,
+}
+
+/// The listen side's TLS situation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenTls {
+    /// The listener offers STARTTLS.
+    pub starttls: bool,
+    /// The connection is encrypted (implicit TLS, or after STARTTLS).
+    pub active: bool,
+    /// AUTH is refused (and not advertised) before TLS.
+    pub required_for_auth: bool,
 }
 
 /// A command to forward.
@@ -92,7 +107,9 @@ enum Sasl {
 /// The session's protocol state for one client.
 #[derive(Debug)]
 pub struct ClientSession {
-    ehlo_reply: Vec<u8>,
+    extensions: Extensions,
+    policy: Policy,
+    tls: ListenTls,
     hostname: &'static str,
     auth_required: bool,
     max_size: u64,
@@ -108,19 +125,23 @@ fn reply(s: &'static str) -> Action {
 }
 
 impl ClientSession {
-    /// A session answering EHLO with `ehlo_reply` (see
-    /// [`super::ehlo::advertise`]); `auth_required` when the route passes the
-    /// client's login through; `max_size` the effective SIZE limit.
+    /// A session for a client of a listener in `tls` state. EHLO replies
+    /// are computed from the upstream's `extensions` and the route's
+    /// `policy` (see [`ehlo::advertise`]); `policy.offer_auth` says the route
+    /// passes the client's login through, so AUTH is required before MAIL.
     pub fn new(
-        ehlo_reply: Vec<u8>,
+        extensions: Extensions,
+        policy: Policy,
         hostname: &'static str,
-        auth_required: bool,
-        max_size: u64,
+        tls: ListenTls,
     ) -> Self {
+        let max_size = policy.effective_size(&extensions);
         Self {
-            ehlo_reply,
+            extensions,
+            auth_required: policy.offer_auth,
+            policy,
+            tls,
             hostname,
-            auth_required,
             max_size,
             greeted: false,
             authenticated: false,
@@ -128,6 +149,29 @@ impl ClientSession {
             accepted_rcpts: 0,
             sasl: Sasl::None,
         }
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls.active || !self.tls.required_for_auth
+    }
+
+    fn ehlo_reply(&self) -> Vec<u8> {
+        let policy = Policy {
+            offer_auth: self.auth_required && self.login_allowed(),
+            offer_starttls: self.tls.starttls && !self.tls.active,
+            ..self.policy
+        };
+        ehlo::advertise(&self.extensions, &policy, self.hostname)
+    }
+
+    /// The handshake after STARTTLS succeeded: RFC 3207 §4.2, the session
+    /// starts over (EHLO, AUTH and any transaction are forgotten).
+    pub fn on_tls(&mut self) {
+        self.tls.active = true;
+        self.greeted = false;
+        self.authenticated = false;
+        self.sasl = Sasl::None;
+        self.reset();
     }
 
     /// The effective SIZE limit for message data.
@@ -169,7 +213,7 @@ impl ClientSession {
             Command::Ehlo(_) | Command::Helo(_) => {
                 self.greeted = true;
                 let answer = if matches!(cmd, Command::Ehlo(_)) {
-                    self.ehlo_reply.clone()
+                    self.ehlo_reply()
                 } else {
                     format!("250 {}\r\n", self.hostname).into_bytes()
                 };
@@ -247,7 +291,14 @@ impl ClientSession {
                 "214 2.0.0 postern SMTP gateway: EHLO AUTH MAIL RCPT DATA RSET NOOP VRFY QUIT\r\n",
             ),
             Command::Bdat => reply("502 5.5.1 BDAT is not available (CHUNKING is not offered)\r\n"),
-            Command::Starttls => reply("502 5.5.1 STARTTLS is not available on this port\r\n"),
+            Command::Starttls if self.tls.active => reply("503 5.5.1 TLS is already active\r\n"),
+            Command::Starttls if !self.tls.starttls => {
+                reply("502 5.5.1 STARTTLS is not available on this port\r\n")
+            }
+            Command::Starttls if self.authenticated || self.in_mail => {
+                reply("503 5.5.1 STARTTLS is not permitted after AUTH or MAIL\r\n")
+            }
+            Command::Starttls => Action::StartTls,
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
             Command::BareLineEnding => {
                 reply("500 5.5.2 Syntax error: bare CR or LF in the command line\r\n")
@@ -265,6 +316,11 @@ impl ClientSession {
         }
         if !self.greeted {
             return reply("503 5.5.1 Send EHLO first\r\n");
+        }
+        if !self.login_allowed() {
+            return reply(
+                "538 5.7.11 Encryption required for requested authentication mechanism\r\n",
+            );
         }
         if self.authenticated {
             return reply("503 5.5.1 Already authenticated\r\n");
@@ -385,12 +441,26 @@ mod tests {
     use super::*;
     use base64::Engine as _;
 
+    const PLAIN: ListenTls = ListenTls {
+        starttls: false,
+        active: false,
+        required_for_auth: false,
+    };
+
+    fn policy(auth_required: bool) -> Policy {
+        Policy {
+            max_size: 1000,
+            offer_auth: auth_required,
+            offer_starttls: false,
+        }
+    }
+
     fn session(auth_required: bool) -> ClientSession {
         ClientSession::new(
-            b"250-postern\r\n250 AUTH PLAIN LOGIN\r\n".to_vec(),
+            Extensions::default(),
+            policy(auth_required),
             "postern",
-            auth_required,
-            1000,
+            PLAIN,
         )
     }
 
@@ -514,7 +584,9 @@ mod tests {
         s.on_upstream(k, &r("250 ok\r\n"));
         let (k, line) = fwd(s.on_line(b"EHLO again\r\n"));
         assert_eq!(line, "RSET\r\n");
-        assert!(text(s.on_upstream(k, &r("250 reset\r\n"))).starts_with("250-postern"));
+        assert!(
+            text(s.on_upstream(k, &r("250 reset\r\n"))).starts_with("250-postern at your service")
+        );
         assert!(
             text(s.on_line(b"RSET\r\n")).starts_with("250"),
             "nothing to reset upstream"
@@ -543,5 +615,40 @@ mod tests {
         // A route without login lets MAIL through once greeted.
         s.on_line(b"EHLO c\r\n");
         assert!(matches!(s.on_line(b"MAIL FROM:<>\r\n"), Action::Forward(_)));
+    }
+
+    #[test]
+    fn starttls_listener_requires_tls_for_auth_and_starts_over() {
+        let tls = ListenTls {
+            starttls: true,
+            active: false,
+            required_for_auth: true,
+        };
+        let mut s = ClientSession::new(Extensions::default(), policy(true), "postern", tls);
+        let ehlo = text(s.on_line(b"EHLO c\r\n"));
+        assert!(
+            ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+            "{ehlo}"
+        );
+        assert!(text(s.on_line(b"AUTH PLAIN AHUAcA==\r\n")).starts_with("538 5.7.11"));
+        assert!(matches!(s.on_line(b"STARTTLS\r\n"), Action::StartTls));
+        s.on_tls();
+        assert!(
+            text(s.on_line(b"MAIL FROM:<a@b>\r\n")).starts_with("503"),
+            "EHLO again after TLS"
+        );
+        let ehlo = text(s.on_line(b"EHLO c\r\n"));
+        assert!(
+            !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+            "{ehlo}"
+        );
+        assert!(
+            text(s.on_line(b"STARTTLS\r\n")).starts_with("503"),
+            "no second STARTTLS"
+        );
+        assert!(matches!(
+            s.on_line(b"AUTH PLAIN AHUAcA==\r\n"),
+            Action::Login(_)
+        ));
     }
 }

@@ -74,6 +74,8 @@ pub struct Policy {
     pub max_size: u64,
     /// Offer `AUTH PLAIN LOGIN` (passthrough routes that log in upstream).
     pub offer_auth: bool,
+    /// Offer `STARTTLS` (a `starttls` listener not yet upgraded).
+    pub offer_starttls: bool,
 }
 
 impl Policy {
@@ -98,6 +100,9 @@ pub fn advertise(upstream: &Extensions, policy: &Policy, hostname: &str) -> Vec<
     }
     // postern's own replies always carry enhanced codes.
     lines.push("ENHANCEDSTATUSCODES".to_owned());
+    if policy.offer_starttls {
+        lines.push("STARTTLS".to_owned());
+    }
     if policy.offer_auth {
         lines.push("AUTH PLAIN LOGIN".to_owned());
     }
@@ -160,10 +165,17 @@ mod tests {
         let pass = Policy {
             max_size: 50_000,
             offer_auth: true,
+            offer_starttls: false,
         };
         let device = Policy {
             max_size: 5_000,
             offer_auth: false,
+            offer_starttls: false,
+        };
+        let before_tls = Policy {
+            max_size: 50_000,
+            offer_auth: false,
+            offer_starttls: true,
         };
         for (up, policy, want) in [
             (
@@ -199,6 +211,16 @@ mod tests {
                     "SIZE 50000",
                     "ENHANCEDSTATUSCODES",
                     "AUTH PLAIN LOGIN",
+                ],
+            ),
+            (
+                &bare,
+                before_tls,
+                vec![
+                    "PIPELINING",
+                    "SIZE 50000",
+                    "ENHANCEDSTATUSCODES",
+                    "STARTTLS",
                 ],
             ),
         ] {
