@@ -39,7 +39,7 @@ pub fn config(yaml: &str) -> Config {
 }
 
 pub async fn start(yaml: &str) -> Running {
-    start_with_grace(yaml, Duration::from_secs(5)).await
+    start_with_grace(yaml, Duration::from_secs(2)).await
 }
 
 pub async fn start_with_grace(yaml: &str, grace: Duration) -> Running {

@@ -233,3 +233,107 @@ impl ServerCertVerifier for PinningVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_testkit::TempDir;
+
+    fn write_pair(
+        dir: &TempDir,
+        name: &str,
+        cert: &str,
+        key: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        (
+            dir.write(&format!("{name}.pem"), cert),
+            dir.write(&format!("{name}.key"), key),
+        )
+    }
+
+    #[test]
+    fn listener_keys_of_every_supported_kind_load() {
+        let dir = TempDir::new("postern-keys");
+        for (name, alg) in [
+            ("p256", &rcgen::PKCS_ECDSA_P256_SHA256),
+            ("p384", &rcgen::PKCS_ECDSA_P384_SHA384),
+            ("ed25519", &rcgen::PKCS_ED25519),
+        ] {
+            let key = rcgen::KeyPair::generate_for(alg).expect("key");
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("cert");
+            let (c, k) = write_pair(&dir, name, &cert.pem(), &key.serialize_pem());
+            server_config(&c, &k).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        // RSA (PKCS#8 and PKCS#1), made with openssl when it is installed.
+        if std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok()
+        {
+            for (name, extra) in [("rsa8", &[][..]), ("rsa1", &["-traditional"][..])] {
+                let key = dir.path().join(format!("{name}.key"));
+                let cert = dir.path().join(format!("{name}.pem"));
+                let ok = std::process::Command::new("openssl")
+                    .args([
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-days",
+                        "1",
+                        "-subj",
+                        "/CN=localhost",
+                    ])
+                    .arg("-keyout")
+                    .arg(&key)
+                    .arg("-out")
+                    .arg(&cert)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .expect("openssl")
+                    .success();
+                assert!(ok);
+                if !extra.is_empty() {
+                    let ok = std::process::Command::new("openssl")
+                        .args(["rsa", "-traditional", "-in"])
+                        .arg(&key)
+                        .arg("-out")
+                        .arg(&key)
+                        .status()
+                        .expect("openssl")
+                        .success();
+                    assert!(ok);
+                }
+                server_config(&cert, &key).unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_listener_files_are_named_without_echoing_the_key() {
+        let dir = TempDir::new("postern-badkeys");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let other = rcgen::KeyPair::generate().expect("key");
+        let (c, k) = write_pair(&dir, "mismatch", &cert.pem(), &other.serialize_pem());
+        let e = server_config(&c, &k)
+            .expect_err("mismatched key")
+            .to_string();
+        assert!(e.contains("mismatch.key"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        let (c, k) = write_pair(&dir, "empty", "", &key.serialize_pem());
+        assert!(server_config(&c, &k)
+            .expect_err("no cert")
+            .to_string()
+            .contains("empty.pem"));
+        let missing = dir.path().join("missing.key");
+        assert!(server_config(&c, &missing).is_err());
+    }
+}

@@ -68,7 +68,7 @@ run_cleanup() {
     # A fatal error cut the run short: still show what was checked so far.
     if [ -z "$SUMMARY_DONE" ] && [ -s "${RESULTS:-}" ]; then
       summary >&2 || true
-      printf 'RESULT: FAIL (the run stopped early, see FATAL above)\n' >&2
+      printf '(the run stopped early at the FATAL error above; later checks did not run)\n' >&2
     fi
   fi
   for ((i = ${#CLEANUP_CMDS[@]} - 1; i >= 0; i--)); do
