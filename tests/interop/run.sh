@@ -25,6 +25,8 @@
 # suites/pop3.sh and adding NAME to SUITES below.
 set -Eeuo pipefail
 
+# dovecot and doveadm live in /usr/sbin, which a CI runner's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.." && pwd))
 
