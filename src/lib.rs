@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use postern_core::acl::Acl;
 use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
+use postern_core::server::SetupError;
 use postern_core::server::{BindError, Frontend, Listener, Server};
-use postern_core::tls::TlsSetupError;
 use tokio_util::sync::CancellationToken;
 
 pub use postern_core::config;
@@ -23,13 +23,13 @@ pub use postern_core::limits::SHUTDOWN_GRACE;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
-    /// A route's TLS settings could not be loaded.
+    /// A route's TLS settings or stored credentials could not be loaded.
     #[error("route \"{route}\": {source}")]
-    Tls {
+    Setup {
         /// The route.
         route: String,
         /// Why.
-        source: TlsSetupError,
+        source: SetupError,
     },
     /// A listen address could not be bound.
     #[error(transparent)]
@@ -54,7 +54,7 @@ impl Gateway {
             let frontend: Arc<dyn Frontend> = match route.protocol {
                 Protocol::Pop3 => {
                     Arc::new(postern_pop3::Pop3Frontend::new(route).map_err(|source| {
-                        StartError::Tls {
+                        StartError::Setup {
                             route: route.name.clone(),
                             source,
                         }
@@ -62,7 +62,7 @@ impl Gateway {
                 }
                 Protocol::Smtp => {
                     Arc::new(postern_smtp::SmtpFrontend::new(route).map_err(|source| {
-                        StartError::Tls {
+                        StartError::Setup {
                             route: route.name.clone(),
                             source,
                         }

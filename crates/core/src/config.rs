@@ -367,7 +367,19 @@ pub enum Credentials {
     #[default]
     Passthrough,
     /// Local logins mapped to stored upstream credentials.
-    Accounts(Vec<Account>),
+    Accounts(AccountsConfig),
+}
+
+/// `credentials: {accounts: [...], passthrough: false}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// The stored accounts.
+    pub accounts: Vec<Account>,
+    /// Also carry the login of a client whose user name is not a local
+    /// account to the upstream (default: no, such logins are refused).
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 /// One stored account (`credentials.accounts[]`).
@@ -396,12 +408,6 @@ pub struct Account {
     pub upstream_password_file: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccountsMap {
-    accounts: Vec<Account>,
-}
-
 impl<'de> Deserialize<'de> for Credentials {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -419,8 +425,8 @@ impl<'de> Deserialize<'de> for Credentials {
                 }
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Credentials, A::Error> {
-                AccountsMap::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(|m| Credentials::Accounts(m.accounts))
+                AccountsConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Credentials::Accounts)
             }
         }
         d.deserialize_any(V)
@@ -764,11 +770,102 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
             }
         }
     }
-    if let Credentials::Accounts(_) = route.credentials {
+    if let Credentials::Accounts(cfg) = &route.credentials {
+        validate_accounts(route, cfg, p);
+    }
+}
+
+fn validate_accounts(route: &Route, cfg: &AccountsConfig, p: &mut dyn FnMut(&str, String)) {
+    if route.upstream.auth == UpstreamAuth::None {
         p(
-            "credentials",
-            "stored accounts are not available in this version yet; use `credentials: passthrough` (the client's own login)".to_owned(),
+            "credentials.accounts",
+            "stored accounts need an upstream login method; `auth: none` logs in with nothing"
+                .to_owned(),
         );
+    }
+    if cfg.accounts.is_empty() {
+        p(
+            "credentials.accounts",
+            "the list is empty; add an account or use `credentials: passthrough`".to_owned(),
+        );
+    }
+    let mut locals = HashSet::new();
+    for (i, a) in cfg.accounts.iter().enumerate() {
+        let key = |k: &str| format!("credentials.accounts[{i}].{k}");
+        if a.upstream_user.is_empty() || a.upstream_user.bytes().any(|b| b.is_ascii_control()) {
+            p(
+                &key("upstream_user"),
+                "the upstream user name is empty or contains control characters".to_owned(),
+            );
+        }
+        check_secret_source(
+            a.upstream_password_env.as_deref(),
+            a.upstream_password_file.as_deref(),
+            &key("upstream_password_env"),
+            "upstream_password",
+            p,
+        );
+        match &a.local_user {
+            Some(user) => {
+                if user.is_empty() || user.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                    p(&key("local_user"), "a local user name must not be empty or contain spaces or control characters".to_owned());
+                }
+                if !locals.insert(user.as_str()) {
+                    p(
+                        &key("local_user"),
+                        format!("the local user `{user}` is listed twice"),
+                    );
+                }
+                check_secret_source(
+                    a.local_password_env.as_deref(),
+                    a.local_password_file.as_deref(),
+                    &key("local_password_env"),
+                    "local_password",
+                    p,
+                );
+            }
+            None => {
+                if a.local_password_env.is_some() || a.local_password_file.is_some() {
+                    p(
+                        &key("local_user"),
+                        "a local password needs a `local_user:`".to_owned(),
+                    );
+                }
+                if route.protocol != Protocol::Smtp || a.sources.is_none() {
+                    p(
+                        &key("local_user"),
+                        "an account without `local_user:` is a device identified by its address: it needs `sources:` and only works on SMTP routes".to_owned(),
+                    );
+                }
+            }
+        }
+        if let Some(sources) = &a.sources {
+            if sources.is_empty() {
+                p(
+                    &key("sources"),
+                    "the list is empty; list the device's address, e.g. [192.168.1.50/32]"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+}
+
+fn check_secret_source(
+    env: Option<&str>,
+    file: Option<&Path>,
+    key: &str,
+    what: &str,
+    p: &mut dyn FnMut(&str, String),
+) {
+    match (env, file) {
+        (Some(_), Some(_)) => p(key, format!("give either `{what}_env` or `{what}_file`, not both")),
+        (None, None) => p(key, format!("`{what}_env` or `{what}_file` is required (passwords are never written in the configuration)")),
+        _ => {
+            if let Err(e) = crate::credentials::load_secret(env, file) {
+                p(key, e);
+            }
+        }
     }
 }
 
@@ -914,9 +1011,14 @@ routes:
         let p = problems(&format!("{base}    credentials: stored\n"));
         assert!(p[0].contains("not a credentials mode"), "{p:?}");
         let p = problems(&format!(
-            "{base}    credentials:\n      accounts:\n        - {{ local_user: a, upstream_user: b, upstream_password_env: X }}\n"
+            "{base}    credentials:\n      accounts:\n        - {{ local_user: a, upstream_user: b, upstream_password_env: POSTERN_TEST_UNSET_VARIABLE }}\n"
         ));
-        assert!(p[0].contains("not available in this version"), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|m| m.contains("POSTERN_TEST_UNSET_VARIABLE") && m.contains("not set")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("local_password_env")), "{p:?}");
     }
 
     #[test]

@@ -1,11 +1,34 @@
-//! Where upstream credentials come from.
+//! Where upstream credentials come from, and local authentication.
 //!
-//! Today the only source is passthrough: the login a client gives postern
-//! is the login postern gives the upstream, for this session only. Stored
-//! accounts plug in here later; front ends only ever ask
-//! [`CredentialSource::resolve`].
+//! Two sources, chosen per route:
+//! - **passthrough**: the login a client gives postern is the login postern
+//!   gives the upstream, for this session only; postern stores nothing;
+//! - **accounts**: local logins (checked by postern itself with a password,
+//!   APOP or CRAM-MD5) mapped to upstream logins whose passwords come from
+//!   environment variables or files; SMTP devices may be identified by their
+//!   source address alone.
+//!
+//! Mixing rules, all enforced in [`CredentialSource::resolve`]: a user name
+//! that names a local account is only ever checked locally (a wrong password
+//! is refused; it is never tried upstream, and a stored secret is never used
+//! without local authentication); other names go upstream as passthrough only
+//! if the route allows it. Local failures are counted per client address.
+//! Front ends only ever talk to this module.
 
-use crate::config::Credentials;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{KeyInit, Mac};
+use md5::{Digest as _, Md5};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::acl::Acl;
+use crate::config::{Account, Credentials};
+use crate::limits;
 use crate::secret::Secret;
 
 /// A user name and password, checked to be safe to put on a command line.
@@ -57,26 +80,448 @@ impl Login {
     }
 }
 
+/// How a client proved who it is.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// USER/PASS, AUTH PLAIN or AUTH LOGIN.
+    Password(Login),
+    /// APOP against postern's own greeting timestamp (RFC 1939 §7).
+    Apop {
+        /// The user name.
+        user: String,
+        /// The timestamp postern sent.
+        timestamp: Vec<u8>,
+        /// The client's hex digest.
+        digest: Vec<u8>,
+    },
+    /// CRAM-MD5 against postern's own challenge (RFC 2195).
+    CramMd5 {
+        /// The user name.
+        user: String,
+        /// The challenge postern sent.
+        challenge: Vec<u8>,
+        /// The client's hex digest.
+        digest: Vec<u8>,
+    },
+}
+
+impl ClientAuth {
+    /// The user name the client gave (safe to log).
+    pub fn user(&self) -> &str {
+        match self {
+            ClientAuth::Password(l) => l.user(),
+            ClientAuth::Apop { user, .. } | ClientAuth::CramMd5 { user, .. } => user,
+        }
+    }
+}
+
+/// The upstream login to use, and whether it is a stored one.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// What to log in upstream with.
+    pub upstream: Login,
+    /// The stored account it came from (None: passthrough).
+    pub account: Option<usize>,
+}
+
+/// Why postern refused a client's login itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Unknown user or wrong secret (the client is told the same either way).
+    #[error("authentication failed")]
+    BadCredentials,
+    /// Too many recent failures from this address.
+    #[error("too many failed logins from this address")]
+    AddressBlocked,
+    /// The upstream recently refused this account's stored credentials;
+    /// postern waits before trying again so the provider does not lock it.
+    #[error("the account's stored credentials were refused upstream recently")]
+    AccountBackoff,
+}
+
+/// Reads a secret from an environment variable or a file (one trailing
+/// newline stripped). Errors name the variable or file, never the value.
+pub fn load_secret(env: Option<&str>, file: Option<&Path>) -> Result<Secret, String> {
+    let bytes = match (env, file) {
+        (Some(var), _) => match std::env::var_os(var) {
+            None => return Err(format!("the environment variable {var} is not set")),
+            Some(v) => v.into_encoded_bytes(),
+        },
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?,
+        (None, None) => return Err("no password source given".to_owned()),
+    };
+    let mut secret = bytes;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    let secret = Secret::new(secret);
+    let name = || match (env, file) {
+        (Some(var), _) => format!("the environment variable {var}"),
+        (_, Some(path)) => format!("the password file {}", path.display()),
+        _ => String::new(),
+    };
+    if secret.is_empty() {
+        return Err(format!("{} is empty", name()));
+    }
+    if secret
+        .expose()
+        .iter()
+        .any(|b| matches!(b, b'\r' | b'\n' | 0))
+    {
+        return Err(format!(
+            "{} contains a line break or NUL inside the password",
+            name()
+        ));
+    }
+    Ok(secret)
+}
+
+/// A fresh msg-id (`<...@postern>`) for postern's own APOP greeting and
+/// CRAM-MD5 challenges: unique per process and session, with random bytes
+/// so a digest cannot be precomputed.
+pub fn fresh_msg_id() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut random = [0u8; 8];
+    let _ = rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut random);
+    format!(
+        "<{}.{n}.{nanos}.{}@postern>",
+        std::process::id(),
+        crate::sasl::hex(&random)
+    )
+    .into_bytes()
+}
+
+#[derive(Debug)]
+struct StoredAccount {
+    local_user: Option<String>,
+    local_secret: Option<Secret>,
+    sources: Option<Acl>,
+    upstream: Login,
+    backoff: Mutex<Backoff>,
+}
+
+#[derive(Debug, Default)]
+struct Backoff {
+    strikes: u32,
+    until: Option<Instant>,
+}
+
+/// Counts local authentication failures per client address.
+#[derive(Debug, Default)]
+struct FailureLimiter {
+    by_addr: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl FailureLimiter {
+    fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        let Ok(map) = self.by_addr.lock() else {
+            return true;
+        };
+        map.get(&ip.to_canonical())
+            .and_then(|f| f.blocked_until)
+            .is_some_and(|until| now < until)
+    }
+
+    fn failed(&self, ip: IpAddr, now: Instant) {
+        let Ok(mut map) = self.by_addr.lock() else {
+            return;
+        };
+        // Bounded memory: forget stale entries when the table grows.
+        if map.len() > 10_000 {
+            map.retain(|_, f| {
+                now.duration_since(f.first) < limits::AUTH_FAILURE_WINDOW
+                    || f.blocked_until.is_some_and(|u| now < u)
+            });
+        }
+        let f = map.entry(ip.to_canonical()).or_insert(Failures {
+            count: 0,
+            first: now,
+            blocked_until: None,
+        });
+        if now.duration_since(f.first) > limits::AUTH_FAILURE_WINDOW {
+            *f = Failures {
+                count: 0,
+                first: now,
+                blocked_until: None,
+            };
+        }
+        f.count += 1;
+        if f.count >= limits::AUTH_FAILURES_BEFORE_BLOCK {
+            f.blocked_until = Some(now + limits::AUTH_BLOCK_DURATION);
+        }
+    }
+
+    fn succeeded(&self, ip: IpAddr) {
+        if let Ok(mut map) = self.by_addr.lock() {
+            map.remove(&ip.to_canonical());
+        }
+    }
+}
+
+/// A route's stored accounts.
+#[derive(Debug)]
+pub struct Accounts {
+    accounts: Vec<StoredAccount>,
+    passthrough: bool,
+    limiter: FailureLimiter,
+}
+
 /// The credential policy of one route.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum CredentialSource {
     /// Carry the client's own login upstream.
     Passthrough,
+    /// Stored accounts (and passthrough for other names if allowed).
+    Accounts(Arc<Accounts>),
 }
 
-impl CredentialSource {
-    /// The source a route's configuration describes.
-    pub fn from_config(c: &Credentials) -> Self {
-        match c {
-            Credentials::Passthrough | Credentials::Accounts(_) => Self::Passthrough,
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = Sha256::digest(b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d);
+    out
+}
+
+/// Constant-time comparison that does not leak the length either.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    sha256(a).ct_eq(&sha256(b)).into()
+}
+
+fn hex_lower(b: &[u8]) -> Vec<u8> {
+    crate::sasl::hex(b).into_bytes()
+}
+
+impl StoredAccount {
+    fn from_config(a: &Account) -> Result<Self, String> {
+        let upstream_secret = load_secret(
+            a.upstream_password_env.as_deref(),
+            a.upstream_password_file.as_deref(),
+        )?;
+        let upstream =
+            Login::new(a.upstream_user.as_bytes(), upstream_secret).map_err(|e| e.to_string())?;
+        let local_secret = match &a.local_user {
+            Some(_) => Some(load_secret(
+                a.local_password_env.as_deref(),
+                a.local_password_file.as_deref(),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            local_user: a.local_user.clone(),
+            local_secret,
+            sources: a.sources.clone().map(Acl::new),
+            upstream,
+            backoff: Mutex::new(Backoff::default()),
+        })
+    }
+
+    fn allowed_from(&self, ip: IpAddr) -> bool {
+        self.sources.as_ref().is_none_or(|acl| acl.allows(ip))
+    }
+
+    fn check(&self, auth: &ClientAuth) -> bool {
+        let Some(secret) = &self.local_secret else {
+            return false;
+        };
+        match auth {
+            ClientAuth::Password(login) => same(login.password().expose(), secret.expose()),
+            ClientAuth::Apop {
+                timestamp, digest, ..
+            } => {
+                let mut h = Md5::new();
+                h.update(timestamp);
+                h.update(secret.expose());
+                same(&hex_lower(&h.finalize()), &digest.to_ascii_lowercase())
+            }
+            ClientAuth::CramMd5 {
+                challenge, digest, ..
+            } => {
+                let Ok(mut mac) = hmac::Hmac::<Md5>::new_from_slice(secret.expose()) else {
+                    return false;
+                };
+                mac.update(challenge);
+                same(
+                    &hex_lower(&mac.finalize().into_bytes()),
+                    &digest.to_ascii_lowercase(),
+                )
+            }
         }
     }
 
-    /// The upstream login to use for a client's login.
-    pub fn resolve(&self, client: Login) -> Result<Login, LoginRefused> {
+    fn in_backoff(&self, now: Instant) -> bool {
+        self.backoff
+            .lock()
+            .map(|b| b.until.is_some_and(|u| now < u))
+            .unwrap_or(true)
+    }
+}
+
+impl CredentialSource {
+    /// Builds the runtime source, loading every stored secret now.
+    pub fn from_config(c: &Credentials) -> Result<Self, String> {
+        match c {
+            Credentials::Accounts(cfg) => {
+                let accounts = cfg
+                    .accounts
+                    .iter()
+                    .map(StoredAccount::from_config)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Self::Accounts(Arc::new(Accounts {
+                    accounts,
+                    passthrough: cfg.passthrough,
+                    limiter: FailureLimiter::default(),
+                })))
+            }
+            _ => Ok(Self::Passthrough),
+        }
+    }
+
+    /// Whether clients may log in at all (passthrough, or a local account).
+    pub fn offers_login(&self) -> bool {
         match self {
-            Self::Passthrough => Ok(client),
+            Self::Passthrough => true,
+            Self::Accounts(a) => {
+                a.passthrough || a.accounts.iter().any(|x| x.local_secret.is_some())
+            }
+        }
+    }
+
+    /// Whether postern offers challenge logins itself (APOP timestamp in the
+    /// POP3 greeting, AUTH CRAM-MD5): only when it holds local secrets.
+    pub fn offers_challenges(&self) -> bool {
+        match self {
+            Self::Passthrough => false,
+            Self::Accounts(a) => a.accounts.iter().any(|x| x.local_secret.is_some()),
+        }
+    }
+
+    /// A device account bound to this source address (SMTP), if any; an
+    /// account in backoff after an upstream refusal gives the refusal.
+    pub fn device(&self, peer: IpAddr) -> Option<Result<Resolved, Refusal>> {
+        let Self::Accounts(a) = self else { return None };
+        let now = Instant::now();
+        a.accounts.iter().enumerate().find_map(|(i, x)| {
+            let bound =
+                x.local_user.is_none() && x.sources.as_ref().is_some_and(|acl| acl.allows(peer));
+            bound.then(|| {
+                if x.in_backoff(now) {
+                    Err(Refusal::AccountBackoff)
+                } else {
+                    Ok(Resolved {
+                        upstream: x.upstream.clone(),
+                        account: Some(i),
+                    })
+                }
+            })
+        })
+    }
+
+    /// Whether an address is refused after too many failures.
+    pub fn address_blocked(&self, peer: IpAddr) -> bool {
+        match self {
+            Self::Passthrough => false,
+            Self::Accounts(a) => a.limiter.blocked(peer, Instant::now()),
+        }
+    }
+
+    /// Decides which upstream login a client's authentication maps to.
+    pub fn resolve(&self, auth: ClientAuth, peer: IpAddr) -> Result<Resolved, Refusal> {
+        let a = match self {
+            Self::Passthrough => {
+                return match auth {
+                    ClientAuth::Password(login) => Ok(Resolved {
+                        upstream: login,
+                        account: None,
+                    }),
+                    // Without a local secret postern cannot check a digest.
+                    _ => Err(Refusal::BadCredentials),
+                };
+            }
+            Self::Accounts(a) => a,
+        };
+        let now = Instant::now();
+        if a.limiter.blocked(peer, now) {
+            return Err(Refusal::AddressBlocked);
+        }
+        let found = a
+            .accounts
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.local_user.as_deref() == Some(auth.user()));
+        match found {
+            Some((i, account)) => {
+                if account.check(&auth) && account.allowed_from(peer) {
+                    a.limiter.succeeded(peer);
+                    if account.in_backoff(now) {
+                        return Err(Refusal::AccountBackoff);
+                    }
+                    Ok(Resolved {
+                        upstream: account.upstream.clone(),
+                        account: Some(i),
+                    })
+                } else {
+                    a.limiter.failed(peer, now);
+                    Err(Refusal::BadCredentials)
+                }
+            }
+            None => match auth {
+                ClientAuth::Password(login) if a.passthrough => Ok(Resolved {
+                    upstream: login,
+                    account: None,
+                }),
+                _ => {
+                    // Same cost as a real check, so timing does not tell
+                    // whether the user exists.
+                    let _ = same(b"postern", auth.user().as_bytes());
+                    a.limiter.failed(peer, now);
+                    Err(Refusal::BadCredentials)
+                }
+            },
+        }
+    }
+
+    /// The upstream refused a stored account's credentials: back off,
+    /// doubling, so the provider does not lock the account.
+    pub fn upstream_rejected(&self, account: usize) {
+        if let Self::Accounts(a) = self {
+            if let Some(Ok(mut b)) = a.accounts.get(account).map(|x| x.backoff.lock()) {
+                b.strikes = b.strikes.saturating_add(1);
+                let wait = limits::STORED_LOGIN_BACKOFF
+                    .saturating_mul(1 << b.strikes.min(6).saturating_sub(1))
+                    .min(Duration::from_secs(3600));
+                b.until = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    /// The upstream accepted a stored account's credentials.
+    pub fn upstream_accepted(&self, account: usize) {
+        if let Self::Accounts(a) = self {
+            if let Some(Ok(mut b)) = a.accounts.get(account).map(|x| x.backoff.lock()) {
+                *b = Backoff::default();
+            }
         }
     }
 }
@@ -84,6 +529,7 @@ impl CredentialSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AccountsConfig, Credentials};
 
     #[test]
     fn refuses_injection_characters() {
@@ -106,11 +552,184 @@ mod tests {
         assert_eq!(ok.user(), "user@example.net");
     }
 
+    fn pw(user: &str, pass: &str) -> ClientAuth {
+        ClientAuth::Password(Login::new(user.as_bytes(), Secret::from(pass)).expect("login"))
+    }
+
+    const HOME: &str = "127.0.0.1";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[test]
-    fn passthrough_keeps_the_login() {
-        let l = Login::new(b"u", Secret::from("p")).expect("ok");
-        let out = CredentialSource::Passthrough.resolve(l).expect("ok");
-        assert_eq!(out.user(), "u");
-        assert_eq!(out.password().expose(), b"p");
+    fn passthrough_keeps_the_login_and_refuses_digests() {
+        let out = CredentialSource::Passthrough
+            .resolve(pw("u", "p"), ip(HOME))
+            .expect("ok");
+        assert_eq!(out.upstream.user(), "u");
+        assert_eq!(out.upstream.password().expose(), b"p");
+        assert!(out.account.is_none());
+        let apop = ClientAuth::Apop {
+            user: "u".into(),
+            timestamp: b"<1@x>".to_vec(),
+            digest: b"00".to_vec(),
+        };
+        assert_eq!(
+            CredentialSource::Passthrough.resolve(apop, ip(HOME)).err(),
+            Some(Refusal::BadCredentials)
+        );
+    }
+
+    fn source(passthrough: bool) -> CredentialSource {
+        // Unique variable names: tests run in parallel in one process.
+        std::env::set_var("POSTERN_T_SCANNER_LOCAL", "tanstaaf");
+        std::env::set_var("POSTERN_T_SCANNER_UP", "upstream-secret\n");
+        std::env::set_var("POSTERN_T_PRINTER_UP", "printer-secret");
+        let yaml = r#"
+accounts:
+  - local_user: scanner
+    local_password_env: POSTERN_T_SCANNER_LOCAL
+    upstream_user: office@example.net
+    upstream_password_env: POSTERN_T_SCANNER_UP
+  - sources: [192.168.1.50/32]
+    upstream_user: printer@example.net
+    upstream_password_env: POSTERN_T_PRINTER_UP
+"#;
+        let mut cfg: AccountsConfig = yaml_serde::from_str(yaml).expect("yaml");
+        cfg.passthrough = passthrough;
+        CredentialSource::from_config(&Credentials::Accounts(cfg)).expect("source")
+    }
+
+    #[test]
+    fn local_password_apop_and_cram_md5_map_to_the_stored_login() {
+        let s = source(false);
+        let out = s
+            .resolve(pw("scanner", "tanstaaf"), ip(HOME))
+            .expect("password");
+        assert_eq!(out.upstream.user(), "office@example.net");
+        assert_eq!(
+            out.upstream.password().expose(),
+            b"upstream-secret",
+            "one trailing newline stripped"
+        );
+        // RFC 1939 vector against postern's own timestamp.
+        let apop = ClientAuth::Apop {
+            user: "scanner".into(),
+            timestamp: b"<1896.697170952@dbc.mtview.ca.us>".to_vec(),
+            digest: b"C4C9334BAC560ECC979E58001B3E22FB".to_vec(),
+        };
+        assert!(s.resolve(apop, ip(HOME)).is_ok());
+        let challenge = b"<1896.697170952@postoffice.reston.mci.net>".to_vec();
+        let digest = crate::sasl::cram_md5_digest(&Secret::from("tanstaaf"), &challenge);
+        let cram = ClientAuth::CramMd5 {
+            user: "scanner".into(),
+            challenge,
+            digest: digest.as_bytes().to_vec(),
+        };
+        assert!(s.resolve(cram, ip(HOME)).is_ok());
+    }
+
+    #[test]
+    fn mixing_rules() {
+        let s = source(true);
+        // A configured account with a wrong password: refused, never passed through.
+        assert_eq!(
+            s.resolve(pw("scanner", "wrong"), ip("10.0.0.1")).err(),
+            Some(Refusal::BadCredentials)
+        );
+        // Another name goes upstream as passthrough only if allowed.
+        let out = s
+            .resolve(pw("someone@isp", "theirs"), ip("10.0.0.2"))
+            .expect("passthrough");
+        assert!(out.account.is_none());
+        assert_eq!(out.upstream.user(), "someone@isp");
+        let strict = source(false);
+        assert_eq!(
+            strict
+                .resolve(pw("someone@isp", "theirs"), ip("10.0.0.3"))
+                .err(),
+            Some(Refusal::BadCredentials)
+        );
+        // Devices by address only.
+        let dev = s
+            .device(ip("192.168.1.50"))
+            .expect("device")
+            .expect("not in backoff");
+        assert_eq!(dev.upstream.user(), "printer@example.net");
+        let mapped = s
+            .device(ip("::ffff:192.168.1.50"))
+            .expect("device")
+            .expect("ok");
+        assert_eq!(mapped.account, Some(1));
+        assert!(s.device(ip("192.168.1.51")).is_none());
+        assert!(CredentialSource::Passthrough
+            .device(ip("192.168.1.50"))
+            .is_none());
+    }
+
+    #[test]
+    fn failures_block_the_address_and_success_clears() {
+        let s = source(false);
+        let peer = ip("10.9.9.9");
+        for _ in 0..limits::AUTH_FAILURES_BEFORE_BLOCK {
+            assert_eq!(
+                s.resolve(pw("scanner", "bad"), peer).err(),
+                Some(Refusal::BadCredentials)
+            );
+        }
+        assert!(s.address_blocked(peer));
+        // Even the right password is refused while blocked.
+        assert_eq!(
+            s.resolve(pw("scanner", "tanstaaf"), peer).err(),
+            Some(Refusal::AddressBlocked)
+        );
+        assert!(
+            !s.address_blocked(ip("10.9.9.8")),
+            "other addresses are not affected"
+        );
+        let other = ip("10.9.9.7");
+        s.resolve(pw("scanner", "bad"), other).err();
+        s.resolve(pw("scanner", "tanstaaf"), other).expect("ok");
+    }
+
+    #[test]
+    fn upstream_rejection_backs_off_the_account() {
+        let s = source(false);
+        let out = s.resolve(pw("scanner", "tanstaaf"), ip(HOME)).expect("ok");
+        let id = out.account.expect("stored");
+        s.upstream_rejected(id);
+        assert_eq!(
+            s.resolve(pw("scanner", "tanstaaf"), ip(HOME)).err(),
+            Some(Refusal::AccountBackoff)
+        );
+        s.upstream_accepted(id);
+        assert!(s.resolve(pw("scanner", "tanstaaf"), ip(HOME)).is_ok());
+    }
+
+    #[test]
+    fn secrets_load_with_names_not_values() {
+        std::env::set_var("POSTERN_T_EMPTY", "");
+        let e = load_secret(Some("POSTERN_T_EMPTY"), None).expect_err("empty");
+        assert!(e.contains("POSTERN_T_EMPTY") && e.contains("empty"), "{e}");
+        let e = load_secret(Some("POSTERN_T_NOT_SET_ANYWHERE"), None).expect_err("unset");
+        assert!(e.contains("not set"), "{e}");
+        let dir = std::env::temp_dir().join(format!("postern-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("pw");
+        std::fs::write(&f, "s3cret value\r\n").expect("write");
+        assert_eq!(
+            load_secret(None, Some(&f)).expect("file").expose(),
+            b"s3cret value"
+        );
+        std::fs::write(&f, "two\nlines\n").expect("write");
+        let e = load_secret(None, Some(&f)).expect_err("inner newline");
+        assert!(
+            !e.contains("two") && !e.contains("lines"),
+            "the value leaked: {e}"
+        );
+        let e = load_secret(None, Some(&dir.join("missing"))).expect_err("missing");
+        assert!(e.contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -5,8 +5,10 @@
 pub mod acl;
 pub mod config;
 pub mod credentials;
+pub mod http;
 pub mod io;
 pub mod limits;
+pub mod proxy;
 pub mod sasl;
 pub mod secret;
 pub mod server;

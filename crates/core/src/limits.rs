@@ -35,3 +35,17 @@ pub const SMTP_FINAL_REPLY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// SMTP: the default largest message (the SIZE postern advertises when the
 /// upstream states none).
 pub const SMTP_MAX_MESSAGE_SIZE: u64 = 100 * 1024 * 1024;
+
+/// Delay before answering a failed local login (slows guessing; the same for
+/// unknown users and wrong passwords).
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(1500);
+/// Local login failures from one address that get it refused for a while.
+pub const AUTH_FAILURES_BEFORE_BLOCK: u32 = 5;
+/// The window in which those failures are counted.
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How long an address is refused after too many failures.
+pub const AUTH_BLOCK_DURATION: Duration = Duration::from_secs(15 * 60);
+/// First pause after the upstream refused stored credentials (doubles on
+/// each further refusal, up to an hour), so a provider does not lock the
+/// account out.
+pub const STORED_LOGIN_BACKOFF: Duration = Duration::from_secs(60);

@@ -20,17 +20,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_core::config::{ListenMap, Route, Security};
-use postern_core::credentials::CredentialSource;
+use postern_core::credentials::{fresh_msg_id, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream};
 use postern_core::limits;
-use postern_core::server::{Frontend, SessionFuture};
+use postern_core::server::{Frontend, SessionFuture, SetupError};
 use postern_core::tls::{self, TlsSetupError};
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::proto::capa;
-use crate::proto::client::{self, Authorization, ListenTls};
+use crate::proto::client::{self, Authorization, ListenTls, LocalAuth};
 use crate::proto::command::{self, Command, MAX_COMMAND_LINE};
 use crate::proto::reply::{
     parse_status, unstuff, BodyEnd, Capabilities, RespCode, Status, MAX_COLLECTED, MAX_REPLY_LINE,
@@ -56,12 +56,12 @@ pub struct Pop3Frontend {
 
 impl Pop3Frontend {
     /// Prepares a route: builds its TLS configurations once.
-    pub fn new(route: &Route) -> Result<Self, TlsSetupError> {
+    pub fn new(route: &Route) -> Result<Self, SetupError> {
         let listen = route.listen.0.clone();
         let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
             (Security::None, _, _) => None,
             (_, Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
-            _ => return Err(TlsSetupError::MissingCertificate),
+            _ => return Err(TlsSetupError::MissingCertificate.into()),
         };
         let tls = match route.upstream.security {
             Security::None => None,
@@ -77,7 +77,8 @@ impl Pop3Frontend {
                 acceptor,
                 upstream: route.upstream.clone(),
                 tls,
-                credentials: CredentialSource::from_config(&route.credentials),
+                credentials: CredentialSource::from_config(&route.credentials)
+                    .map_err(SetupError::Credentials)?,
             }),
         })
     }
@@ -98,10 +99,10 @@ impl Frontend for Pop3Frontend {
                 let mut user = None;
                 let end = match (&ctx.acceptor, ctx.listen.security) {
                     (Some(acceptor), Security::Tls) => match client.upgrade_server(acceptor).await {
-                        Ok(()) => run(&ctx, &mut client, &mut user).await,
+                        Ok(()) => run(&ctx, &mut client, peer, &mut user).await,
                         Err(_) => End::ClientGone("TLS handshake with the client failed"),
                     },
-                    _ => run(&ctx, &mut client, &mut user).await,
+                    _ => run(&ctx, &mut client, peer, &mut user).await,
                 };
                 client.shutdown().await;
                 let ms = started.elapsed().as_millis() as u64;
@@ -139,10 +140,24 @@ impl From<UpstreamError> for End {
     }
 }
 
+const BLOCKED: &[u8] =
+    b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
+const STORED_REFUSED: &[u8] =
+    b"-ERR [SYS/TEMP] The mail server is refusing this account for now; try again later\r\n";
+
 const TEMP_FAILURE: &[u8] =
     b"-ERR [SYS/TEMP] The mail server is not available; try again later\r\n";
 
-async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -> End {
+async fn run(
+    ctx: &RouteContext,
+    client: &mut Conn,
+    peer: SocketAddr,
+    user: &mut Option<String>,
+) -> End {
+    if ctx.credentials.address_blocked(peer.ip()) {
+        let _ = write_client(client, BLOCKED).await;
+        return End::ClientGone("address blocked after failed logins");
+    }
     let (mut up, mut machine) = match connect(ctx).await {
         Ok(x) => x,
         Err(e) => {
@@ -151,7 +166,17 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
         }
     };
     tracing::debug!(tls = ?up.stream().tls_version(), "upstream ready");
-    if let Err(why) = write_client(client, b"+OK postern POP3 gateway ready\r\n").await {
+    // With local secrets postern is an APOP server itself: its greeting
+    // carries a fresh msg-id timestamp (RFC 1939 §7).
+    let timestamp = ctx.credentials.offers_challenges().then(fresh_msg_id);
+    let greeting = match &timestamp {
+        Some(ts) => format!(
+            "+OK postern POP3 gateway ready {}\r\n",
+            String::from_utf8_lossy(ts)
+        ),
+        None => "+OK postern POP3 gateway ready\r\n".to_owned(),
+    };
+    if let Err(why) = write_client(client, greeting.as_bytes()).await {
         return End::ClientGone(why);
     }
     let mut auth = Authorization::new(
@@ -160,6 +185,10 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
             starttls: ctx.listen.security == Security::Starttls,
             active: client.stream().is_tls(),
             required_for_auth: ctx.listen.requires_tls_for_auth(),
+        },
+        LocalAuth {
+            passwords: ctx.credentials.offers_login(),
+            timestamp,
         },
     );
 
@@ -178,6 +207,11 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
         };
         let login = match auth.on_line(&line) {
             client::Step::Login(login) => login,
+            client::Step::Close(bytes) => {
+                tracing::warn!("the client sent an HTTP request; closing");
+                let _ = write_client(client, bytes).await;
+                return End::ClientGone("HTTP request on a POP3 port");
+            }
             client::Step::Quit => {
                 // Nothing to commit before login; tell the server politely.
                 let _ =
@@ -212,12 +246,30 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
             }
         };
         let name = login.user().to_owned();
-        let Ok(login) = ctx.credentials.resolve(login) else {
-            if let Err(why) = write_client(client, b"-ERR [AUTH] Authentication failed\r\n").await {
-                return End::ClientGone(why);
+        let resolved = match ctx.credentials.resolve(login, peer.ip()) {
+            Ok(r) => r,
+            Err(refusal) => {
+                tracing::warn!(user = %name, %refusal, "login refused by postern");
+                let answer: &[u8] = match refusal {
+                    Refusal::BadCredentials => {
+                        // Slow down guessing; same delay whether or not the user exists.
+                        tokio::time::sleep(limits::AUTH_FAILURE_DELAY).await;
+                        b"-ERR [AUTH] Authentication failed\r\n"
+                    }
+                    Refusal::AddressBlocked => {
+                        let _ = write_client(client, BLOCKED).await;
+                        return End::ClientGone("address blocked after failed logins");
+                    }
+                    _ => STORED_REFUSED,
+                };
+                if let Err(why) = write_client(client, answer).await {
+                    return End::ClientGone(why);
+                }
+                continue;
             }
-            continue;
         };
+        let account = resolved.account;
+        let login = resolved.upstream;
         let first = machine.authenticate(login);
         let (conn, step) = match drive(ctx, up, &mut machine, first).await {
             Ok(x) => x,
@@ -229,7 +281,10 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
         up = conn;
         match step {
             Step::LoggedIn => {
-                tracing::info!(user = %name, "logged in upstream");
+                if let Some(id) = account {
+                    ctx.credentials.upstream_accepted(id);
+                }
+                tracing::info!(user = %name, stored = account.is_some(), "logged in upstream");
                 *user = Some(name);
                 if let Err(why) = write_client(client, b"+OK Logged in\r\n").await {
                     return End::ClientGone(why);
@@ -237,13 +292,23 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                 break;
             }
             Step::Refused(code) => {
-                tracing::warn!(user = %name, code = ?code, "the upstream refused the login");
-                let answer: &[u8] = match code {
+                tracing::warn!(user = %name, code = ?code, stored = account.is_some(), "the upstream refused the login");
+                let answer: &[u8] = match (code, account) {
+                    // Stored credentials: a temporary, non-credential error,
+                    // so the client does not prompt for a password it does
+                    // not own; and back off so the provider does not lock
+                    // the account.
+                    (_, Some(id)) => {
+                        ctx.credentials.upstream_rejected(id);
+                        STORED_REFUSED
+                    }
+                    (code, None) => match code {
                     RespCode::InUse => b"-ERR [IN-USE] The mailbox is in use by another session\r\n",
                     RespCode::LoginDelay => b"-ERR [LOGIN-DELAY] Logged in too recently; try again later\r\n",
                     RespCode::SysTemp => b"-ERR [SYS/TEMP] The mail server has a temporary problem; try again later\r\n",
                     RespCode::SysPerm => b"-ERR [SYS/PERM] The mail server refused the login\r\n",
                     _ => b"-ERR [AUTH] Authentication failed\r\n",
+                    },
                 };
                 if let Err(why) = write_client(client, answer).await {
                     return End::ClientGone(why);
@@ -433,7 +498,7 @@ async fn transaction(client: &mut Conn, up: &mut Conn) -> End {
                 continue;
             }
             Command::Quit => return quit(client, up).await,
-            Command::User(_) | Command::Pass(_) | Command::Apop | Command::Auth { .. } => {
+            Command::User(_) | Command::Pass(_) | Command::Apop(..) | Command::Auth { .. } => {
                 Cow::Borrowed(b"-ERR Already logged in\r\n")
             }
             Command::Stls => Cow::Borrowed(b"-ERR STLS is not available after login\r\n"),

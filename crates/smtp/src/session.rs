@@ -20,16 +20,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postern_core::config::{ListenMap, Route, Security, UpstreamAuth};
-use postern_core::credentials::{CredentialSource, Login};
+use postern_core::credentials::{fresh_msg_id, ClientAuth, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
 use postern_core::limits;
-use postern_core::server::{Frontend, SessionFuture};
+use postern_core::server::{Frontend, SessionFuture, SetupError};
 use postern_core::tls::{self, TlsSetupError};
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::proto::client::{Action, ClientSession, ListenTls, LoginOutcome};
+use crate::proto::client::{Action, ClientSession, ListenTls, LocalAuth, LoginOutcome};
 use crate::proto::data::{DataScanner, Scan};
 use crate::proto::ehlo::Policy;
 use crate::proto::reply::{Reply, ReplyBuilder, MAX_REPLY_LINE};
@@ -57,12 +57,12 @@ pub struct SmtpFrontend {
 
 impl SmtpFrontend {
     /// Prepares a route: builds its TLS configurations once.
-    pub fn new(route: &Route) -> Result<Self, TlsSetupError> {
+    pub fn new(route: &Route) -> Result<Self, SetupError> {
         let listen = route.listen.0.clone();
         let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
             (Security::None, _, _) => None,
             (_, Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
-            _ => return Err(TlsSetupError::MissingCertificate),
+            _ => return Err(TlsSetupError::MissingCertificate.into()),
         };
         let tls = match route.upstream.security {
             Security::None => None,
@@ -78,7 +78,8 @@ impl SmtpFrontend {
                 acceptor,
                 upstream: route.upstream.clone(),
                 tls,
-                credentials: CredentialSource::from_config(&route.credentials),
+                credentials: CredentialSource::from_config(&route.credentials)
+                    .map_err(SetupError::Credentials)?,
                 max_size: limits::SMTP_MAX_MESSAGE_SIZE,
             }),
         })
@@ -100,10 +101,10 @@ impl Frontend for SmtpFrontend {
                 let mut user = None;
                 let end = match (&ctx.acceptor, ctx.listen.security) {
                     (Some(config), Security::Tls) => match client.upgrade_server(config).await {
-                        Ok(()) => run(&ctx, &mut client, &mut user).await,
+                        Ok(()) => run(&ctx, &mut client, peer, &mut user).await,
                         Err(_) => End::Closed("TLS handshake with the client failed"),
                     },
-                    _ => run(&ctx, &mut client, &mut user).await,
+                    _ => run(&ctx, &mut client, peer, &mut user).await,
                 };
                 client.shutdown().await;
                 let ms = started.elapsed().as_millis() as u64;
@@ -133,10 +134,23 @@ enum End {
     Upstream(UpstreamError),
 }
 
+const BLOCKED: &[u8] =
+    b"421 4.7.0 postern: too many failed logins from your address; try again later\r\n";
+const DEVICE_REFUSED: &[u8] =
+    b"421 4.7.0 postern: the mail server is refusing this device's account for now; try again later\r\n";
 const UPSTREAM_LOST: &[u8] =
     b"421 4.4.2 postern: the connection to the mail server was lost; closing\r\n";
 
-async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -> End {
+async fn run(
+    ctx: &RouteContext,
+    client: &mut Conn,
+    peer: SocketAddr,
+    user: &mut Option<String>,
+) -> End {
+    if ctx.credentials.address_blocked(peer.ip()) {
+        let _ = write_client(client, BLOCKED).await;
+        return End::Closed("address blocked after failed logins");
+    }
     let (up, setup) = match connect(ctx).await {
         Ok(x) => x,
         Err((e, on_tls)) => {
@@ -150,11 +164,50 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
         }
     };
     tracing::debug!(tls = ?up.stream().tls_version(), "upstream ready");
-    let mut up = Some(up);
     let mut setup = setup;
+    // A device identified by its address logs in with its stored
+    // credentials now; a refusal is temporary for the device, and the
+    // account backs off so the provider does not lock it.
+    let mut up = up;
+    let device = match ctx.credentials.device(peer.ip()) {
+        None => false,
+        Some(Err(_)) => {
+            let _ = write_client(client, DEVICE_REFUSED).await;
+            return End::Closed("device account in backoff");
+        }
+        Some(Ok(resolved)) => {
+            let first = setup.authenticate(resolved.upstream.clone());
+            let (conn, step) = match drive(ctx, up, &mut setup, first).await {
+                Ok(x) => x,
+                Err((e, _)) => {
+                    let _ = write_client(client, UPSTREAM_LOST).await;
+                    return End::Upstream(e);
+                }
+            };
+            up = conn;
+            let name = resolved.upstream.user().to_owned();
+            match (step, resolved.account) {
+                (Step::Authenticated, Some(id)) => {
+                    ctx.credentials.upstream_accepted(id);
+                    tracing::info!(user = %name, "device logged in upstream with stored credentials");
+                    *user = Some(name);
+                    true
+                }
+                (step, id) => {
+                    if let Some(id) = id {
+                        ctx.credentials.upstream_rejected(id);
+                    }
+                    tracing::warn!(user = %name, ?step, "the upstream refused a device's stored credentials");
+                    let _ = write_client(client, DEVICE_REFUSED).await;
+                    return End::Closed("device credentials refused upstream");
+                }
+            }
+        }
+    };
+    let mut up = Some(up);
     let policy = Policy {
         max_size: ctx.max_size,
-        offer_auth: ctx.upstream.auth != UpstreamAuth::None,
+        auth: "",
         offer_starttls: false,
     };
     let mut session = ClientSession::new(
@@ -165,6 +218,12 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
             starttls: ctx.listen.security == Security::Starttls,
             active: client.stream().is_tls(),
             required_for_auth: ctx.listen.requires_tls_for_auth(),
+        },
+        LocalAuth {
+            required: ctx.upstream.auth != UpstreamAuth::None,
+            passwords: ctx.credentials.offers_login(),
+            challenge: ctx.credentials.offers_challenges().then(fresh_msg_id),
+            device,
         },
     );
     if let Err(why) = write_client(client, b"220 postern ESMTP gateway ready\r\n").await {
@@ -194,6 +253,11 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                         return End::Closed(why);
                     }
                     break;
+                }
+                Action::Close(bytes) => {
+                    tracing::warn!("the client sent an HTTP request; closing");
+                    let _ = write_client(client, bytes).await;
+                    return End::Closed("HTTP request on an SMTP port");
                 }
                 Action::Quit => {
                     if let Some(mut conn) = up.take() {
@@ -235,16 +299,21 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
                         let _ = write_client(client, UPSTREAM_LOST).await;
                         return End::Closed("upstream lost earlier");
                     };
-                    let outcome = match login_upstream(ctx, conn, &mut setup, login, user).await {
-                        Ok((conn, outcome)) => {
-                            up = Some(conn);
-                            outcome
-                        }
-                        Err(e) => {
-                            let _ = write_client(client, UPSTREAM_LOST).await;
-                            return End::Upstream(e);
-                        }
-                    };
+                    let outcome =
+                        match login_upstream(ctx, conn, &mut setup, login, peer, user).await {
+                            Ok((conn, Some(outcome))) => {
+                                up = Some(conn);
+                                outcome
+                            }
+                            Ok((_, None)) => {
+                                let _ = write_client(client, BLOCKED).await;
+                                return End::Closed("address blocked after failed logins");
+                            }
+                            Err(e) => {
+                                let _ = write_client(client, UPSTREAM_LOST).await;
+                                return End::Upstream(e);
+                            }
+                        };
                     if let Err(why) = write_client(client, session.on_login(outcome)).await {
                         return End::Closed(why);
                     }
@@ -335,41 +404,67 @@ async fn run(ctx: &RouteContext, client: &mut Conn, user: &mut Option<String>) -
     }
 }
 
-/// Carries a client's login to the upstream with the route's mechanism.
+/// Checks a client's authentication and carries the resulting login to the
+/// upstream with the route's mechanism. `None`: the address is blocked.
 async fn login_upstream(
     ctx: &RouteContext,
     conn: Conn,
     setup: &mut UpstreamSetup,
-    login: Login,
+    auth: ClientAuth,
+    peer: SocketAddr,
     user: &mut Option<String>,
-) -> Result<(Conn, LoginOutcome), UpstreamError> {
-    let name = login.user().to_owned();
-    let Ok(login) = ctx.credentials.resolve(login) else {
-        return Ok((conn, LoginOutcome::Rejected));
+) -> Result<(Conn, Option<LoginOutcome>), UpstreamError> {
+    let name = auth.user().to_owned();
+    let resolved = match ctx.credentials.resolve(auth, peer.ip()) {
+        Ok(r) => r,
+        Err(refusal) => {
+            tracing::warn!(user = %name, %refusal, "login refused by postern");
+            let outcome = match refusal {
+                Refusal::BadCredentials => {
+                    // Slow down guessing; same delay whether or not the user exists.
+                    tokio::time::sleep(limits::AUTH_FAILURE_DELAY).await;
+                    Some(LoginOutcome::Rejected)
+                }
+                Refusal::AddressBlocked => None,
+                _ => Some(LoginOutcome::TemporaryFailure),
+            };
+            return Ok((conn, outcome));
+        }
     };
-    let first = setup.authenticate(login);
+    let first = setup.authenticate(resolved.upstream);
     let (conn, step) = drive(ctx, conn, setup, first).await.map_err(|(e, _)| e)?;
-    let outcome = match step {
-        Step::Authenticated => {
-            tracing::info!(user = %name, "logged in upstream");
+    let stored = resolved.account;
+    let outcome = match (step, stored) {
+        (Step::Authenticated, _) => {
+            if let Some(id) = stored {
+                ctx.credentials.upstream_accepted(id);
+            }
+            tracing::info!(user = %name, stored = stored.is_some(), "logged in upstream");
             *user = Some(name);
             LoginOutcome::Accepted
         }
-        Step::Refused(reply) if reply.is_transient() => {
+        // Stored credentials: a temporary, non-credential error, so the
+        // client does not prompt for a password it does not own; back off.
+        (Step::Refused(reply), Some(id)) => {
+            ctx.credentials.upstream_rejected(id);
+            tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused stored credentials; backing off");
+            LoginOutcome::TemporaryFailure
+        }
+        (Step::Refused(reply), None) if reply.is_transient() => {
             tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused the login for now");
             LoginOutcome::TemporaryFailure
         }
-        Step::Refused(reply) => {
+        (Step::Refused(reply), None) => {
             tracing::warn!(user = %name, reply = %reply.summary(), "the upstream refused the login");
             LoginOutcome::Rejected
         }
-        other => {
+        (other, _) => {
             return Err(UpstreamError::Protocol(format!(
                 "internal: unexpected login step {other:?}"
             )))
         }
     };
-    Ok((conn, outcome))
+    Ok((conn, Some(outcome)))
 }
 
 /// How one message's data went.

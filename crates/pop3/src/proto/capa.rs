@@ -12,8 +12,10 @@ use super::reply::Capabilities;
 pub struct Offer {
     /// STLS is available (a `starttls` listener not yet upgraded).
     pub stls: bool,
-    /// Logins are accepted now (TLS active, or not required).
+    /// Password logins (USER, SASL PLAIN) are accepted now.
     pub login: bool,
+    /// postern checks CRAM-MD5 itself (local accounts) and accepts it now.
+    pub cram_md5: bool,
 }
 
 /// The CAPA reply before login.
@@ -32,7 +34,12 @@ pub fn before_login(upstream: Option<&Capabilities>, offer: Offer) -> Vec<u8> {
     }
     if offer.login {
         push_line(&mut out, b"USER");
-        push_line(&mut out, b"SASL PLAIN");
+    }
+    match (offer.login, offer.cram_md5) {
+        (true, true) => push_line(&mut out, b"SASL PLAIN CRAM-MD5"),
+        (true, false) => push_line(&mut out, b"SASL PLAIN"),
+        (false, true) => push_line(&mut out, b"SASL CRAM-MD5"),
+        (false, false) => {}
     }
     for cap in ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"] {
         push_line(&mut out, cap.as_bytes());
@@ -107,14 +114,22 @@ mod tests {
         let plain = Offer {
             stls: false,
             login: true,
+            cram_md5: false,
         };
         let before_tls = Offer {
             stls: true,
             login: false,
+            cram_md5: false,
         };
         let before_tls_optional = Offer {
             stls: true,
             login: true,
+            cram_md5: false,
+        };
+        let accounts = Offer {
+            stls: false,
+            login: true,
+            cram_md5: true,
         };
         let common = ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"];
         let with = |head: &[&'static str], tail: &[&'static str]| -> Vec<&'static str> {
@@ -152,6 +167,14 @@ mod tests {
                 None,
                 before_tls_optional,
                 with(&["STLS", "USER", "SASL PLAIN"], &["IMPLEMENTATION postern"]),
+            ),
+            (
+                None,
+                accounts,
+                with(
+                    &["USER", "SASL PLAIN CRAM-MD5"],
+                    &["IMPLEMENTATION postern"],
+                ),
             ),
         ] {
             assert_eq!(lines(&before_login(upstream, offer)), want);

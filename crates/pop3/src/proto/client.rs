@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use postern_core::credentials::Login;
+use postern_core::credentials::{ClientAuth, Login};
 use postern_core::sasl::{self, SaslError};
 use postern_core::Secret;
 
@@ -32,10 +32,13 @@ pub const MAX_AUTHORIZATION_LINE: usize = 1024;
 pub enum Step {
     /// Send these bytes to the client and read the next line.
     Reply(Cow<'static, [u8]>),
-    /// Log in upstream with this login, then answer the client.
-    Login(Login),
+    /// Check this authentication (locally or by logging in upstream), then
+    /// answer the client.
+    Login(ClientAuth),
     /// Answer `+OK` to QUIT and close.
     Quit,
+    /// Send these bytes and close (an HTTP request on a mail port).
+    Close(&'static [u8]),
     /// The client asked for STLS: check nothing is pipelined after it,
     /// send the go-ahead, handshake, then call [`Authorization::on_tls`].
     StartTls,
@@ -57,6 +60,17 @@ enum State {
     Idle,
     HaveUser(Vec<u8>),
     SaslPlain,
+    SaslCram(Vec<u8>),
+}
+
+/// What postern itself can check (the route's credential source).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAuth {
+    /// USER/PASS and AUTH PLAIN are accepted at all.
+    pub passwords: bool,
+    /// postern's greeting timestamp (`<...@...>`) when it holds local
+    /// secrets: APOP and AUTH CRAM-MD5 are then offered.
+    pub timestamp: Option<Vec<u8>>,
 }
 
 /// The AUTHORIZATION-state machine for one client.
@@ -65,6 +79,8 @@ pub struct Authorization {
     state: State,
     upstream: Option<Capabilities>,
     tls: ListenTls,
+    local: LocalAuth,
+    challenges: u32,
 }
 
 fn reply(s: &'static str) -> Step {
@@ -74,19 +90,34 @@ fn reply(s: &'static str) -> Step {
 impl Authorization {
     /// A machine for a client of a listener in `tls` state; CAPA reflects
     /// the upstream's `upstream` capabilities.
-    pub fn new(upstream: Option<Capabilities>, tls: ListenTls) -> Self {
+    pub fn new(upstream: Option<Capabilities>, tls: ListenTls, local: LocalAuth) -> Self {
         Self {
             state: State::Idle,
             upstream,
             tls,
+            local,
+            challenges: 0,
         }
     }
 
     fn offer(&self) -> Offer {
+        let login = self.login_allowed();
         Offer {
             stls: self.tls.starttls && !self.tls.active,
-            login: self.login_allowed(),
+            login: login && self.local.passwords,
+            cram_md5: login && self.local.timestamp.is_some(),
         }
+    }
+
+    /// A fresh CRAM-MD5 challenge: postern's timestamp with a counter, so
+    /// no two AUTH exchanges of a session share one.
+    fn challenge(&mut self) -> Option<Vec<u8>> {
+        let ts = self.local.timestamp.as_ref()?;
+        self.challenges += 1;
+        let inner = ts.strip_prefix(b"<").unwrap_or(ts);
+        let mut c = format!("<{}.", self.challenges).into_bytes();
+        c.extend_from_slice(inner);
+        Some(c)
     }
 
     fn login_allowed(&self) -> bool {
@@ -116,13 +147,18 @@ impl Authorization {
 
     /// Handles one complete line from the client.
     pub fn on_line(&mut self, line: &[u8]) -> Step {
-        if let State::SaslPlain = self.state {
-            self.state = State::Idle;
-            let response = command::strip_eol(line);
-            if response == b"*" {
+        if postern_core::http::looks_like_http(line) {
+            return Step::Close(b"-ERR This is a POP3 service, not a web server\r\n");
+        }
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::SaslPlain | State::SaslCram(_) if command::strip_eol(line) == b"*" => {
                 return reply("-ERR Authentication cancelled\r\n");
             }
-            return self.plain(response);
+            State::SaslPlain => return self.plain(command::strip_eol(line)),
+            State::SaslCram(challenge) => {
+                return cram_response(command::strip_eol(line), challenge)
+            }
+            state => self.state = state,
         }
         let have_user = match std::mem::replace(&mut self.state, State::Idle) {
             State::HaveUser(u) => Some(u),
@@ -131,7 +167,7 @@ impl Authorization {
         let cmd = command::parse(line);
         if matches!(
             cmd,
-            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Apop
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } | Command::Apop(..)
         ) && !self.login_allowed()
         {
             return reply("-ERR [AUTH] This server requires TLS for logins: send STLS first\r\n");
@@ -141,24 +177,48 @@ impl Authorization {
                 self.upstream.as_ref(),
                 self.offer(),
             ))),
+            Command::User(_) | Command::Pass(_) if !self.local.passwords => {
+                reply("-ERR USER/PASS is not available here\r\n")
+            }
             Command::User(name) => {
                 self.state = State::HaveUser(name.to_vec());
                 reply("+OK Send the password\r\n")
             }
             Command::Pass(password) => match have_user {
                 Some(user) => match Login::new(&user, Secret::from(password)) {
-                    Ok(login) => Step::Login(login),
+                    Ok(login) => Step::Login(ClientAuth::Password(login)),
                     Err(_) => reply("-ERR [AUTH] Invalid user name or password\r\n"),
                 },
                 None => reply("-ERR Send USER first\r\n"),
             },
             Command::Auth {
                 mechanism: None, ..
-            } => reply("+OK Mechanisms follow\r\nPLAIN\r\n.\r\n"),
+            } => {
+                let mut list = b"+OK Mechanisms follow\r\n".to_vec();
+                if self.local.passwords {
+                    list.extend_from_slice(b"PLAIN\r\n");
+                }
+                if self.local.timestamp.is_some() {
+                    list.extend_from_slice(b"CRAM-MD5\r\n");
+                }
+                list.extend_from_slice(b".\r\n");
+                Step::Reply(Cow::Owned(list))
+            }
+            Command::Auth {
+                mechanism: Some(m),
+                initial: None,
+            } if m.eq_ignore_ascii_case(b"CRAM-MD5") => match self.challenge() {
+                Some(c) => {
+                    let prompt = format!("+ {}\r\n", sasl::encode(&c)).into_bytes();
+                    self.state = State::SaslCram(c);
+                    Step::Reply(Cow::Owned(prompt))
+                }
+                None => reply("-ERR Unsupported authentication mechanism\r\n"),
+            },
             Command::Auth {
                 mechanism: Some(m),
                 initial,
-            } if m.eq_ignore_ascii_case(b"PLAIN") => match initial {
+            } if m.eq_ignore_ascii_case(b"PLAIN") && self.local.passwords => match initial {
                 Some(ir) => self.plain(ir),
                 None => {
                     self.state = State::SaslPlain;
@@ -166,9 +226,17 @@ impl Authorization {
                 }
             },
             Command::Auth { .. } => reply("-ERR Unsupported authentication mechanism\r\n"),
-            Command::Apop => reply(
-                "-ERR APOP is not available here; log in with USER/PASS or AUTH PLAIN (postern protects the password upstream)\r\n",
-            ),
+            Command::Apop(user, digest) => match (&self.local.timestamp, std::str::from_utf8(user)) {
+                (Some(ts), Ok(user)) if !user.is_empty() => Step::Login(ClientAuth::Apop {
+                    user: user.to_owned(),
+                    timestamp: ts.clone(),
+                    digest: digest.to_vec(),
+                }),
+                (Some(_), _) => reply("-ERR [AUTH] Authentication failed\r\n"),
+                (None, _) => reply(
+                    "-ERR APOP is not available here; log in with USER/PASS or AUTH PLAIN (postern protects the password upstream)\r\n",
+                ),
+            },
             Command::Stls if self.tls.active => reply("-ERR Already using TLS\r\n"),
             Command::Stls if !self.tls.starttls => reply("-ERR STLS is not available on this port\r\n"),
             Command::Stls => Step::StartTls,
@@ -185,7 +253,7 @@ impl Authorization {
             Err(_) => return reply("-ERR Invalid base64 in AUTH PLAIN\r\n"),
         };
         match sasl::parse_plain(&decoded) {
-            Ok(login) => Step::Login(login),
+            Ok(login) => Step::Login(ClientAuth::Password(login)),
             Err(SaslError::AuthzidDiffers) => reply(
                 "-ERR [AUTH] Logging in as another user (authorization identity) is not supported\r\n",
             ),
@@ -194,10 +262,36 @@ impl Authorization {
     }
 }
 
+/// A client's CRAM-MD5 response: base64 of `user SP hex-digest`.
+fn cram_response(b64: &[u8], challenge: Vec<u8>) -> Step {
+    let Ok(decoded) = sasl::decode(b64) else {
+        return reply("-ERR Invalid base64 in AUTH CRAM-MD5\r\n");
+    };
+    let Some(space) = decoded.iter().rposition(|b| *b == b' ') else {
+        return reply("-ERR [AUTH] Authentication failed\r\n");
+    };
+    let (user, digest) = (&decoded[..space], &decoded[space + 1..]);
+    match std::str::from_utf8(user) {
+        Ok(user) if !user.is_empty() && !user.bytes().any(|b| b.is_ascii_control()) => {
+            Step::Login(ClientAuth::CramMd5 {
+                user: user.to_owned(),
+                challenge,
+                digest: digest.to_vec(),
+            })
+        }
+        _ => reply("-ERR [AUTH] Authentication failed\r\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    const PASSWORDS: LocalAuth = LocalAuth {
+        passwords: true,
+        timestamp: None,
+    };
 
     const PLAIN: ListenTls = ListenTls {
         starttls: false,
@@ -206,7 +300,7 @@ mod tests {
     };
 
     fn machine() -> Authorization {
-        Authorization::new(None, PLAIN)
+        Authorization::new(None, PLAIN, PASSWORDS)
     }
 
     fn text(step: Step) -> String {
@@ -218,7 +312,9 @@ mod tests {
 
     fn login(step: Step) -> (String, Vec<u8>) {
         match step {
-            Step::Login(l) => (l.user().to_owned(), l.password().expose().to_vec()),
+            Step::Login(ClientAuth::Password(l)) => {
+                (l.user().to_owned(), l.password().expose().to_vec())
+            }
             other => panic!("expected a login, got {other:?}"),
         }
     }
@@ -298,6 +394,7 @@ mod tests {
                 active: false,
                 required_for_auth: true,
             },
+            PASSWORDS,
         );
         let capa = text(m.on_line(b"CAPA\r\n"));
         assert!(capa.contains("\r\nSTLS\r\n"), "{capa}");
@@ -323,10 +420,82 @@ mod tests {
                 active: false,
                 required_for_auth: false,
             },
+            PASSWORDS,
         );
         assert!(text(m.on_line(b"USER early\r\n")).starts_with("+OK"));
         assert!(matches!(m.on_line(b"STLS\r\n"), Step::StartTls));
         m.on_tls();
         assert!(text(m.on_line(b"PASS x\r\n")).contains("USER first"));
+    }
+
+    #[test]
+    fn local_apop_and_cram_md5_when_postern_holds_secrets() {
+        let ts = b"<1896.697170952@dbc.mtview.ca.us>".to_vec();
+        let local = LocalAuth {
+            passwords: true,
+            timestamp: Some(ts.clone()),
+        };
+        let mut m = Authorization::new(None, PLAIN, local);
+        assert!(text(m.on_line(b"CAPA\r\n")).contains("SASL PLAIN CRAM-MD5"));
+        match m.on_line(b"APOP scanner c4c9334bac560ecc979e58001b3e22fb\r\n") {
+            Step::Login(ClientAuth::Apop {
+                user,
+                timestamp,
+                digest,
+            }) => {
+                assert_eq!(user, "scanner");
+                assert_eq!(timestamp, ts);
+                assert_eq!(digest, b"c4c9334bac560ecc979e58001b3e22fb");
+            }
+            other => panic!("{other:?}"),
+        }
+        let prompt = text(m.on_line(b"AUTH CRAM-MD5\r\n"));
+        let b64 = prompt.trim_start_matches("+ ").trim_end();
+        let c1 = sasl::decode(b64.as_bytes()).expect("challenge").to_vec();
+        assert!(
+            c1.starts_with(b"<1.1896.") && c1.ends_with(b"@dbc.mtview.ca.us>"),
+            "{c1:?}"
+        );
+        let resp = b64_of(b"scanner 0123abcd");
+        match m.on_line(format!("{resp}\r\n").as_bytes()) {
+            Step::Login(ClientAuth::CramMd5 {
+                user,
+                challenge,
+                digest,
+            }) => {
+                assert_eq!(user, "scanner");
+                assert_eq!(challenge, c1);
+                assert_eq!(digest, b"0123abcd");
+            }
+            other => panic!("{other:?}"),
+        }
+        let prompt = text(m.on_line(b"AUTH CRAM-MD5\r\n"));
+        let c2 = sasl::decode(prompt.trim_start_matches("+ ").trim_end().as_bytes())
+            .expect("b64")
+            .to_vec();
+        assert_ne!(c1, c2, "every exchange gets a fresh challenge");
+        assert!(text(m.on_line(b"*\r\n")).starts_with("-ERR"));
+    }
+
+    #[test]
+    fn without_local_secrets_there_is_no_apop_or_cram() {
+        let mut m = machine();
+        assert!(text(m.on_line(b"APOP a b\r\n")).contains("not available"));
+        assert!(text(m.on_line(b"AUTH CRAM-MD5\r\n")).starts_with("-ERR"));
+        assert!(!text(m.on_line(b"CAPA\r\n")).contains("CRAM-MD5"));
+    }
+
+    #[test]
+    fn http_requests_close_the_session() {
+        let mut m = machine();
+        assert!(matches!(m.on_line(b"POST / HTTP/1.1\r\n"), Step::Close(_)));
+        assert!(matches!(
+            m.on_line(b"Host: 127.0.0.1:3999\r\n"),
+            Step::Close(_)
+        ));
+    }
+
+    fn b64_of(s: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(s)
     }
 }

@@ -20,7 +20,7 @@ pub enum Command<'a> {
     /// `PASS password` (everything after the space)
     Pass(&'a [u8]),
     /// `APOP name digest`
-    Apop,
+    Apop(&'a [u8], &'a [u8]),
     /// `AUTH [mechanism [initial-response]]`
     Auth {
         /// The mechanism, if given.
@@ -142,7 +142,8 @@ pub fn parse(line: &[u8]) -> Command<'_> {
         b"CAPA" if args.is_empty() => Command::Capa,
         b"USER" if args.len() == 1 => Command::User(args[0]),
         b"USER" => Command::Invalid("USER needs one user name"),
-        b"APOP" => Command::Apop,
+        b"APOP" if args.len() == 2 => Command::Apop(args[0], args[1]),
+        b"APOP" => Command::Invalid("APOP needs a user name and a digest"),
         b"AUTH" if args.len() <= 2 => Command::Auth {
             mechanism: args.first().copied(),
             initial: args.get(1).copied(),

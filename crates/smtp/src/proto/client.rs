@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use postern_core::credentials::Login;
+use postern_core::credentials::{ClientAuth, Login};
 use postern_core::sasl::{self, SaslError};
 use postern_core::Secret;
 
@@ -34,13 +34,15 @@ pub enum Action {
     Reply(Cow<'static, [u8]>),
     /// Send `line` upstream and give its reply to [`ClientSession::on_upstream`].
     Forward(Forward),
-    /// Log in upstream with this login and give the outcome to
-    /// [`ClientSession::on_login`].
-    Login(Login),
+    /// Check this authentication (locally or by logging in upstream) and
+    /// give the outcome to [`ClientSession::on_login`].
+    Login(ClientAuth),
     /// Relay this 354 and stream the message data.
     Data(Vec<u8>),
     /// Say goodbye and close.
     Quit,
+    /// Send these bytes and close (an HTTP request on a mail port).
+    Close(&'static [u8]),
     /// The client asked for STARTTLS: check nothing is pipelined after it,
     /// send the go-ahead, handshake, then call [`ClientSession::on_tls`].
     StartTls,
@@ -102,6 +104,23 @@ enum Sasl {
     PlainWait,
     LoginUser,
     LoginPass(Vec<u8>),
+    Cram(Vec<u8>),
+}
+
+/// How clients of this session authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAuth {
+    /// AUTH is required before MAIL (the route logs in upstream with the
+    /// client's or a stored login).
+    pub required: bool,
+    /// AUTH PLAIN and LOGIN are accepted (passthrough or local passwords).
+    pub passwords: bool,
+    /// postern's challenge base (`<...@...>`) when it holds local secrets:
+    /// AUTH CRAM-MD5 is then offered.
+    pub challenge: Option<Vec<u8>>,
+    /// The client is a device already identified by its address and
+    /// logged in upstream with stored credentials: no AUTH at all.
+    pub device: bool,
 }
 
 /// The session's protocol state for one client.
@@ -110,8 +129,9 @@ pub struct ClientSession {
     extensions: Extensions,
     policy: Policy,
     tls: ListenTls,
+    local: LocalAuth,
+    challenges: u32,
     hostname: &'static str,
-    auth_required: bool,
     max_size: u64,
     greeted: bool,
     authenticated: bool,
@@ -127,24 +147,26 @@ fn reply(s: &'static str) -> Action {
 impl ClientSession {
     /// A session for a client of a listener in `tls` state. EHLO replies
     /// are computed from the upstream's `extensions` and the route's
-    /// `policy` (see [`ehlo::advertise`]); `policy.offer_auth` says the route
-    /// passes the client's login through, so AUTH is required before MAIL.
+    /// `policy` (see [`ehlo::advertise`]; its `auth` is filled in here from
+    /// `local`).
     pub fn new(
         extensions: Extensions,
         policy: Policy,
         hostname: &'static str,
         tls: ListenTls,
+        local: LocalAuth,
     ) -> Self {
         let max_size = policy.effective_size(&extensions);
         Self {
             extensions,
-            auth_required: policy.offer_auth,
             policy,
             tls,
+            authenticated: local.device,
+            local,
+            challenges: 0,
             hostname,
             max_size,
             greeted: false,
-            authenticated: false,
             in_mail: false,
             accepted_rcpts: 0,
             sasl: Sasl::None,
@@ -155,13 +177,37 @@ impl ClientSession {
         self.tls.active || !self.tls.required_for_auth
     }
 
+    fn offers_auth(&self) -> bool {
+        self.local.required && !self.local.device && self.login_allowed()
+    }
+
     fn ehlo_reply(&self) -> Vec<u8> {
+        let auth = match (
+            self.offers_auth(),
+            self.local.passwords,
+            self.local.challenge.is_some(),
+        ) {
+            (false, _, _) | (true, false, false) => "",
+            (true, true, false) => "PLAIN LOGIN",
+            (true, true, true) => "PLAIN LOGIN CRAM-MD5",
+            (true, false, true) => "CRAM-MD5",
+        };
         let policy = Policy {
-            offer_auth: self.auth_required && self.login_allowed(),
+            auth,
             offer_starttls: self.tls.starttls && !self.tls.active,
             ..self.policy
         };
         ehlo::advertise(&self.extensions, &policy, self.hostname)
+    }
+
+    /// A fresh CRAM-MD5 challenge per exchange.
+    fn challenge(&mut self) -> Option<Vec<u8>> {
+        let base = self.local.challenge.as_ref()?;
+        self.challenges += 1;
+        let inner = base.strip_prefix(b"<").unwrap_or(base);
+        let mut c = format!("<{}.", self.challenges).into_bytes();
+        c.extend_from_slice(inner);
+        Some(c)
     }
 
     /// The handshake after STARTTLS succeeded: RFC 3207 §4.2, the session
@@ -169,7 +215,7 @@ impl ClientSession {
     pub fn on_tls(&mut self) {
         self.tls.active = true;
         self.greeted = false;
-        self.authenticated = false;
+        self.authenticated = self.local.device;
         self.sasl = Sasl::None;
         self.reset();
     }
@@ -202,6 +248,11 @@ impl ClientSession {
 
     /// Handles one complete line from the client.
     pub fn on_line(&mut self, line: &[u8]) -> Action {
+        if postern_core::http::looks_like_http(line) {
+            return Action::Close(
+                b"500 5.5.1 This is an SMTP service, not a web server; closing\r\n",
+            );
+        }
         if !matches!(self.sasl, Sasl::None) {
             return self.sasl_response(line);
         }
@@ -231,7 +282,7 @@ impl ClientSession {
                 if !self.greeted {
                     return reply("503 5.5.1 Send EHLO or HELO first\r\n");
                 }
-                if self.auth_required && !self.authenticated {
+                if self.local.required && !self.authenticated {
                     return reply("530 5.7.0 Authentication required\r\n");
                 }
                 if self.in_mail {
@@ -311,8 +362,8 @@ impl ClientSession {
     }
 
     fn auth(&mut self, mechanism: &[u8], initial: Option<&[u8]>) -> Action {
-        if !self.auth_required {
-            return reply("502 5.5.1 AUTH is not offered on this route\r\n");
+        if !self.local.required || self.local.device {
+            return reply("502 5.5.1 AUTH is not offered here\r\n");
         }
         if !self.greeted {
             return reply("503 5.5.1 Send EHLO first\r\n");
@@ -327,6 +378,19 @@ impl ClientSession {
         }
         if self.in_mail {
             return reply("503 5.5.1 AUTH is not permitted during a mail transaction\r\n");
+        }
+        if mechanism.eq_ignore_ascii_case(b"CRAM-MD5") && initial.is_none() {
+            return match self.challenge() {
+                Some(c) => {
+                    let prompt = format!("334 {}\r\n", sasl::encode(&c)).into_bytes();
+                    self.sasl = Sasl::Cram(c);
+                    Action::Reply(Cow::Owned(prompt))
+                }
+                None => reply("504 5.5.4 Unrecognized authentication type\r\n"),
+            };
+        }
+        if !self.local.passwords {
+            return reply("504 5.5.4 Unrecognized authentication type\r\n");
         }
         if mechanism.eq_ignore_ascii_case(b"PLAIN") {
             match initial {
@@ -364,6 +428,7 @@ impl ClientSession {
                 Ok(pw) => self.login(&user, Secret::new(pw.to_vec())),
                 Err(_) => reply("501 5.5.2 Cannot decode the base64 response\r\n"),
             },
+            Sasl::Cram(challenge) => cram_response(data, challenge),
             Sasl::None => reply("503 5.5.1 No authentication in progress\r\n"),
         }
     }
@@ -380,7 +445,7 @@ impl ClientSession {
 
     fn login(&mut self, user: &[u8], password: Secret) -> Action {
         match Login::new(user, password) {
-            Ok(l) => Action::Login(l),
+            Ok(l) => Action::Login(ClientAuth::Password(l)),
             Err(_) => reply("535 5.7.8 Authentication credentials invalid\r\n"),
         }
     }
@@ -391,7 +456,7 @@ impl ClientSession {
             Err(_) => return reply("501 5.5.2 Cannot decode the base64 response\r\n"),
         };
         match sasl::parse_plain(&decoded) {
-            Ok(login) => Action::Login(login),
+            Ok(login) => Action::Login(ClientAuth::Password(login)),
             Err(SaslError::AuthzidDiffers) => reply(
                 "535 5.7.8 Authentication credentials invalid: acting as another user is not supported\r\n",
             ),
@@ -436,6 +501,26 @@ impl ClientSession {
     }
 }
 
+/// A client's CRAM-MD5 response: base64 of `user SP hex-digest`.
+fn cram_response(b64: &[u8], challenge: Vec<u8>) -> Action {
+    let Ok(decoded) = sasl::decode(b64) else {
+        return reply("501 5.5.2 Cannot decode the base64 response\r\n");
+    };
+    let Some(space) = decoded.iter().rposition(|b| *b == b' ') else {
+        return reply("535 5.7.8 Authentication credentials invalid\r\n");
+    };
+    match std::str::from_utf8(&decoded[..space]) {
+        Ok(user) if !user.is_empty() && !user.bytes().any(|b| b.is_ascii_control()) => {
+            Action::Login(ClientAuth::CramMd5 {
+                user: user.to_owned(),
+                challenge,
+                digest: decoded[space + 1..].to_vec(),
+            })
+        }
+        _ => reply("535 5.7.8 Authentication credentials invalid\r\n"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,20 +532,30 @@ mod tests {
         required_for_auth: false,
     };
 
-    fn policy(auth_required: bool) -> Policy {
+    fn policy() -> Policy {
         Policy {
             max_size: 1000,
-            offer_auth: auth_required,
+            auth: "",
             offer_starttls: false,
+        }
+    }
+
+    fn local(required: bool) -> LocalAuth {
+        LocalAuth {
+            required,
+            passwords: true,
+            challenge: None,
+            device: false,
         }
     }
 
     fn session(auth_required: bool) -> ClientSession {
         ClientSession::new(
             Extensions::default(),
-            policy(auth_required),
+            policy(),
             "postern",
             PLAIN,
+            local(auth_required),
         )
     }
 
@@ -523,7 +618,7 @@ mod tests {
             "334 UGFzc3dvcmQ6\r\n"
         );
         match s.on_line(format!("{}\r\n", b64(b"pass word")).as_bytes()) {
-            Action::Login(l) => {
+            Action::Login(ClientAuth::Password(l)) => {
                 assert_eq!(l.user(), "tim");
                 assert_eq!(l.password().expose(), b"pass word");
             }
@@ -624,7 +719,8 @@ mod tests {
             active: false,
             required_for_auth: true,
         };
-        let mut s = ClientSession::new(Extensions::default(), policy(true), "postern", tls);
+        let mut s =
+            ClientSession::new(Extensions::default(), policy(), "postern", tls, local(true));
         let ehlo = text(s.on_line(b"EHLO c\r\n"));
         assert!(
             ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
@@ -649,6 +745,70 @@ mod tests {
         assert!(matches!(
             s.on_line(b"AUTH PLAIN AHUAcA==\r\n"),
             Action::Login(_)
+        ));
+    }
+
+    #[test]
+    fn local_cram_md5_devices_and_http() {
+        let mut s = ClientSession::new(
+            Extensions::default(),
+            policy(),
+            "postern",
+            PLAIN,
+            LocalAuth {
+                required: true,
+                passwords: false,
+                challenge: Some(b"<42.1@postern>".to_vec()),
+                device: false,
+            },
+        );
+        let ehlo = text(s.on_line(b"EHLO c\r\n"));
+        assert!(
+            ehlo.contains("AUTH CRAM-MD5") && !ehlo.contains("PLAIN"),
+            "{ehlo}"
+        );
+        assert!(text(s.on_line(b"AUTH PLAIN AHUAcA==\r\n")).starts_with("504"));
+        let prompt = text(s.on_line(b"AUTH CRAM-MD5\r\n"));
+        let c = sasl::decode(prompt[4..].trim_end().as_bytes())
+            .expect("b64")
+            .to_vec();
+        assert_eq!(c, b"<1.42.1@postern>");
+        match s.on_line(format!("{}\r\n", b64(b"scanner 00ff")).as_bytes()) {
+            Action::Login(ClientAuth::CramMd5 {
+                user,
+                challenge,
+                digest,
+            }) => {
+                assert_eq!(
+                    (user.as_str(), challenge, digest),
+                    ("scanner", c, b"00ff".to_vec())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let mut dev = ClientSession::new(
+            Extensions::default(),
+            policy(),
+            "postern",
+            PLAIN,
+            LocalAuth {
+                required: true,
+                passwords: true,
+                challenge: None,
+                device: true,
+            },
+        );
+        let ehlo = text(dev.on_line(b"EHLO printer\r\n"));
+        assert!(!ehlo.contains("AUTH"), "{ehlo}");
+        assert!(matches!(
+            dev.on_line(b"MAIL FROM:<p@x>\r\n"),
+            Action::Forward(_)
+        ));
+        assert!(text(dev.on_line(b"AUTH PLAIN AHUAcA==\r\n")).starts_with("502"));
+        assert!(matches!(
+            dev.on_line(b"POST / HTTP/1.1\r\n"),
+            Action::Close(_)
         ));
     }
 }

@@ -72,8 +72,9 @@ impl Extensions {
 pub struct Policy {
     /// The route's own message size limit.
     pub max_size: u64,
-    /// Offer `AUTH PLAIN LOGIN` (passthrough routes that log in upstream).
-    pub offer_auth: bool,
+    /// The AUTH mechanisms to offer (`PLAIN LOGIN`, `... CRAM-MD5`), or
+    /// empty for none.
+    pub auth: &'static str,
     /// Offer `STARTTLS` (a `starttls` listener not yet upgraded).
     pub offer_starttls: bool,
 }
@@ -103,8 +104,8 @@ pub fn advertise(upstream: &Extensions, policy: &Policy, hostname: &str) -> Vec<
     if policy.offer_starttls {
         lines.push("STARTTLS".to_owned());
     }
-    if policy.offer_auth {
-        lines.push("AUTH PLAIN LOGIN".to_owned());
+    if !policy.auth.is_empty() {
+        lines.push(format!("AUTH {}", policy.auth));
     }
     let mut out = Vec::with_capacity(lines.len() * 16);
     let last = lines.len() - 1;
@@ -164,17 +165,17 @@ mod tests {
         let bare = Extensions::default();
         let pass = Policy {
             max_size: 50_000,
-            offer_auth: true,
+            auth: "PLAIN LOGIN",
             offer_starttls: false,
         };
         let device = Policy {
             max_size: 5_000,
-            offer_auth: false,
+            auth: "",
             offer_starttls: false,
         };
         let before_tls = Policy {
             max_size: 50_000,
-            offer_auth: false,
+            auth: "",
             offer_starttls: true,
         };
         for (up, policy, want) in [
