@@ -71,8 +71,16 @@ impl Gateway {
                 _ => return Err(StartError::Unsupported(route.name.clone())),
             };
             let acl = Acl::new(route.allow_list());
-            listeners
-                .push(Listener::bind(&route.name, route.listen.address(), acl, frontend).await?);
+            listeners.push(
+                Listener::bind(
+                    &route.name,
+                    route.listen.address(),
+                    acl,
+                    frontend,
+                    route.listen.0.proxy_protocol,
+                )
+                .await?,
+            );
         }
         Ok(Self {
             server: Server::new(listeners),

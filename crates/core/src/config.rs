@@ -216,6 +216,10 @@ pub struct ListenMap {
     /// Refuse logins before TLS (default: true with `security: starttls`).
     #[serde(default)]
     pub require_tls_for_auth: Option<bool>,
+    /// Expect a PROXY protocol v1/v2 header from a load balancer on every
+    /// connection; the allow-list and logs then use the client it names.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl ListenMap {
@@ -261,6 +265,7 @@ impl<'de> Deserialize<'de> for Listen {
                     certificate: None,
                     key: None,
                     require_tls_for_auth: None,
+                    proxy_protocol: false,
                 }))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Listen, A::Error> {

@@ -49,3 +49,5 @@ pub const AUTH_BLOCK_DURATION: Duration = Duration::from_secs(15 * 60);
 /// each further refusal, up to an hour), so a provider does not lock the
 /// account out.
 pub const STORED_LOGIN_BACKOFF: Duration = Duration::from_secs(60);
+/// Reading a PROXY protocol header from a load balancer.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -29,10 +29,11 @@ pub trait Frontend: Send + Sync + 'static {
 
 /// A listener bound for one route.
 pub struct Listener {
-    route: String,
+    route: Arc<str>,
     listener: TcpListener,
-    acl: Acl,
+    acl: Arc<Acl>,
     frontend: Arc<dyn Frontend>,
+    proxy_protocol: bool,
 }
 
 impl std::fmt::Debug for Listener {
@@ -75,6 +76,7 @@ impl Listener {
         address: SocketAddr,
         acl: Acl,
         frontend: Arc<dyn Frontend>,
+        proxy_protocol: bool,
     ) -> Result<Self, BindError> {
         let listener = TcpListener::bind(address)
             .await
@@ -84,10 +86,11 @@ impl Listener {
                 source,
             })?;
         Ok(Self {
-            route: route.to_owned(),
+            route: Arc::from(route),
             listener,
-            acl,
+            acl: Arc::new(acl),
             frontend,
+            proxy_protocol,
         })
     }
 
@@ -121,31 +124,59 @@ impl Listener {
                     continue;
                 }
             };
-            if !self.acl.allows(peer.ip()) {
-                tracing::warn!(route = %self.route, client = %peer, "refused: address not in the route's allow list");
-                let refusal = self.frontend.refusal();
-                tracker.spawn(async move {
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        let _ = stream.write_all(refusal).await;
-                        let _ = stream.shutdown().await;
-                    })
-                    .await;
-                });
-                continue;
-            }
             let _ = stream.set_nodelay(true);
-            let session = self.frontend.session(stream, peer);
+            let (route, acl, frontend, proxy) = (
+                self.route.clone(),
+                self.acl.clone(),
+                self.frontend.clone(),
+                self.proxy_protocol,
+            );
             let abort = abort.clone();
             tracker.spawn(async move {
+                let work = admit(route, acl, frontend, proxy, stream, peer);
                 tokio::select! {
-                    _ = session => {}
+                    _ = work => {}
                     _ = abort.cancelled() => {}
                 }
             });
         }
         tracing::debug!(route = %self.route, "stopped accepting");
     }
+}
+
+/// One accepted connection: learn the real client address (PROXY
+/// protocol), check the allow-list, then run the session.
+async fn admit(
+    route: Arc<str>,
+    acl: Arc<Acl>,
+    frontend: Arc<dyn Frontend>,
+    proxy: bool,
+    mut stream: TcpStream,
+    socket_peer: SocketAddr,
+) {
+    let peer = if proxy {
+        match crate::proxy::read_header(&mut stream, limits::PROXY_HEADER_TIMEOUT).await {
+            Ok(addr) => addr.source_or(socket_peer),
+            Err(e) => {
+                // No reply: the peer is not speaking the protocol we expect.
+                tracing::warn!(route = %route, proxy = %socket_peer, error = %e, "closed: no valid PROXY protocol header");
+                return;
+            }
+        }
+    } else {
+        socket_peer
+    };
+    if !acl.allows(peer.ip()) {
+        tracing::warn!(route = %route, client = %peer, "refused: address not in the route's allow list");
+        let refusal = frontend.refusal();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = stream.write_all(refusal).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        return;
+    }
+    frontend.session(stream, peer).await;
 }
 
 /// All listeners of a running gateway.
@@ -164,7 +195,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|l| Some((l.route.clone(), l.local_addr().ok()?)))
+            .filter_map(|l| Some((l.route.to_string(), l.local_addr().ok()?)))
             .collect()
     }
 

@@ -111,6 +111,18 @@ impl LineClient {
         Ok(Self::from_stream(ClientStream::Plain(tcp)))
     }
 
+    /// Connect in plain TCP from a chosen local address (any 127.0.0.0/8
+    /// address works on Linux loopback), to test address-based rules.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> io::Result<Self> {
+        let socket = match local {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let tcp = socket.connect(addr).await?;
+        Ok(Self::from_stream(ClientStream::Plain(tcp)))
+    }
+
     /// Connect with implicit TLS (handshake before any protocol byte).
     pub async fn connect_tls(
         addr: SocketAddr,
