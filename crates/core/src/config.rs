@@ -507,10 +507,11 @@ impl Config {
         Self::from_yaml(&text, path)
     }
 
-    /// Parses and validates configuration text; `file` is used in messages
-    /// and to resolve nothing else (paths in the file are taken as written).
+    /// Parses and validates configuration text; `file` is used in messages,
+    /// and relative paths inside it (certificates, keys, CA and password
+    /// files) are taken relative to the file's directory.
     pub fn from_yaml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = yaml_serde::from_str(text).map_err(|e| ConfigError {
+        let mut config: Config = yaml_serde::from_str(text).map_err(|e| ConfigError {
             file: file.to_owned(),
             problems: vec![Problem {
                 line: e.location().map(|l| l.line()),
@@ -519,6 +520,9 @@ impl Config {
                 message: parse_message(&e),
             }],
         })?;
+        if let Some(base) = file.parent().filter(|b| !b.as_os_str().is_empty()) {
+            config.resolve_paths(base);
+        }
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
@@ -527,6 +531,27 @@ impl Config {
                 file: file.to_owned(),
                 problems,
             })
+        }
+    }
+
+    /// Makes every relative file path relative to `base`.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for route in &mut self.routes {
+            let listen = &mut route.listen.0;
+            listen.certificate.iter_mut().for_each(fix);
+            listen.key.iter_mut().for_each(fix);
+            route.upstream.ca.iter_mut().for_each(fix);
+            if let Credentials::Accounts(cfg) = &mut route.credentials {
+                for a in &mut cfg.accounts {
+                    a.local_password_file.iter_mut().for_each(fix);
+                    a.upstream_password_file.iter_mut().for_each(fix);
+                }
+            }
         }
     }
 
@@ -1036,17 +1061,36 @@ routes:
 
     #[test]
     fn the_shipped_examples_are_valid() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        // Copy the examples next to the files they name (certificates,
+        // password files) and set the variables they read, as a user would.
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+        let dir = postern_testkit::TempDir::new("postern-examples");
+        let pki = postern_testkit::TestPki::new();
+        std::fs::create_dir_all(dir.path().join("certs")).expect("certs dir");
+        std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
+        let (chain, key) = pki.write_leaf_pem(&dir.path().join("certs"));
+        std::fs::rename(chain, dir.path().join("certs/server.pem")).expect("rename");
+        std::fs::rename(key, dir.path().join("certs/server.key")).expect("rename");
+        std::fs::write(dir.path().join("secrets/office_pw"), "example\n").expect("secret");
+        for var in ["SCANNER_PW", "PRINTER_PW", "RECEPTION_PW", "OFFICE_PW"] {
+            std::env::set_var(var, "example");
+        }
         let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("config dir") {
+        for entry in std::fs::read_dir(&src).expect("config dir") {
             let path = entry.expect("entry").path();
             if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
-                if let Err(e) = Config::load(&path) {
+                let copy = dir.path().join(path.file_name().expect("name"));
+                std::fs::copy(&path, &copy).expect("copy");
+                if let Err(e) = Config::load(&copy) {
                     panic!("{e}");
                 }
                 n += 1;
             }
         }
-        assert!(n > 0, "no example configs were found in {}", dir.display());
+        assert!(
+            n >= 10,
+            "only {n} example configs found in {}",
+            src.display()
+        );
     }
 }
