@@ -164,26 +164,34 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer; returns how many (0 at end of stream).
+    ///
+    /// Cancel-safe: bytes go straight into the buffer's spare capacity, so a
+    /// read abandoned by a timeout leaves the buffer as it was.
     pub async fn fill(&mut self) -> io::Result<usize> {
         if self.start > 0 && (self.start == self.buf.len() || self.start >= READ_BUFFER / 2) {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        // Reading into spare capacity keeps the buffer at its fixed size
-        // unless a caller is assembling a line longer than it.
-        let want = READ_BUFFER.max(len + 1024);
-        self.buf.resize(want, 0);
-        match self.stream.read(&mut self.buf[len..]).await {
-            Ok(n) => {
-                self.buf.truncate(len + n);
-                Ok(n)
-            }
-            Err(e) => {
-                self.buf.truncate(len);
-                Err(e)
-            }
+        // The buffer stays at its fixed size unless a caller is assembling a
+        // line longer than it.
+        let spare = (self.start + READ_BUFFER)
+            .saturating_sub(self.buf.len())
+            .max(1024);
+        self.buf.reserve(spare);
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Whether the peer has already sent something, without waiting.
+    pub async fn has_pending_input(&mut self) -> bool {
+        if !self.buffered().is_empty() {
+            return true;
         }
+        // A zero deadline polls the read once: ready data is taken, an empty
+        // socket is left alone (the read is cancel-safe).
+        matches!(
+            tokio::time::timeout(std::time::Duration::ZERO, self.fill()).await,
+            Ok(Ok(n)) if n > 0
+        )
     }
 
     /// Reads one line ending in LF, at most `max` bytes long (terminator

@@ -33,7 +33,8 @@ use crate::proto::capa;
 use crate::proto::client::{self, Authorization, ListenTls, LocalAuth};
 use crate::proto::command::{self, Command, MAX_COMMAND_LINE};
 use crate::proto::reply::{
-    parse_status, unstuff, BodyEnd, Capabilities, RespCode, Status, MAX_COLLECTED, MAX_REPLY_LINE,
+    parse_status, sanitize_status, unstuff, BodyEnd, Capabilities, RespCode, Status, MAX_COLLECTED,
+    MAX_REPLY_LINE,
 };
 use crate::proto::upstream::{Step, UpstreamLogin};
 
@@ -428,6 +429,13 @@ async fn read_upstream_line(up: &mut Conn, phase: &'static str) -> Result<Vec<u8
 }
 
 async fn write_upstream(up: &mut Conn, bytes: &[u8]) -> Result<(), UpstreamError> {
+    // Anything already buffered was sent unasked: it would be taken as the
+    // reply to this command and shift every later reply by one.
+    if !up.buffered().is_empty() {
+        return Err(UpstreamError::Protocol(
+            "the server sent data nobody asked for (unsolicited reply)".to_owned(),
+        ));
+    }
     upstream::deadline(
         limits::WRITE_TIMEOUT,
         "writing to the server",
@@ -605,7 +613,7 @@ async fn relay_capa(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
 async fn quit(client: &mut Conn, up: &mut Conn) -> End {
     match send_and_read_status(up, b"QUIT\r\n").await {
         Ok(status) => {
-            let _ = write_client(client, &status).await;
+            let _ = write_client(client, &sanitize_status(&status)).await;
             End::Quit
         }
         Err(e) => {

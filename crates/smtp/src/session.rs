@@ -355,7 +355,7 @@ async fn run(
                                 ms,
                                 "message relayed"
                             );
-                            Cow::Owned(reply.raw().to_vec())
+                            Cow::Owned(reply.sanitized())
                         }
                         DataOutcome::UpstreamLost { error, bytes } => {
                             tracing::warn!(rcpts, bytes, ms, cause = %error, upstream = %ctx.upstream.address, "message NOT delivered: upstream lost during DATA");
@@ -658,6 +658,13 @@ async fn drive(
 
 /// Sends one command and reads its complete reply.
 async fn command(up: &mut Conn, line: &[u8], timeout: Duration) -> Result<Reply, UpstreamError> {
+    // Anything already buffered was sent unasked: it would be taken as the
+    // reply to this command and shift every later reply by one.
+    if !up.buffered().is_empty() {
+        return Err(UpstreamError::Protocol(
+            "the server sent data nobody asked for (unsolicited reply)".to_owned(),
+        ));
+    }
     upstream::deadline(
         limits::WRITE_TIMEOUT,
         "writing to the server",

@@ -43,6 +43,26 @@ pub fn parse_status(line: &[u8]) -> Option<Status<'_>> {
     }
 }
 
+/// The most text postern relays from one server status line.
+pub const MAX_RELAYED_TEXT: usize = 510;
+
+/// A server status line made safe to show a client: control characters
+/// (terminal escapes included) become `?`, the text is bounded, and the
+/// line ends in exactly one CRLF.
+pub fn sanitize_status(line: &[u8]) -> Vec<u8> {
+    let body = strip_eol(line);
+    let mut out = Vec::with_capacity(body.len().min(MAX_RELAYED_TEXT) + 2);
+    out.extend(body.iter().take(MAX_RELAYED_TEXT).map(|&b| {
+        if b < 0x20 || b == 0x7f {
+            b'?'
+        } else {
+            b
+        }
+    }));
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// An RFC 2449/3206 response code at the start of `-ERR` text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -238,6 +258,18 @@ mod tests {
         assert_eq!(parse_status(b"+OKAY\r\n"), None);
         assert_eq!(parse_status(b"* OK imap\r\n"), None);
         assert_eq!(parse_status(b"220 smtp\r\n"), None);
+    }
+
+    #[test]
+    fn relayed_status_lines_are_sanitized() {
+        assert_eq!(sanitize_status(b"+OK 2 320\r\n"), b"+OK 2 320\r\n");
+        assert_eq!(
+            sanitize_status(b"-ERR \x1b[2Jgone\x07\r\n"),
+            b"-ERR ?[2Jgone?\r\n"
+        );
+        assert_eq!(sanitize_status(b"+OK a\rb\r\n"), b"+OK a?b\r\n");
+        let long = [b"+OK ".to_vec(), vec![b'x'; 2000], b"\r\n".to_vec()].concat();
+        assert_eq!(sanitize_status(&long).len(), MAX_RELAYED_TEXT + 2);
     }
 
     #[test]

@@ -489,10 +489,10 @@ impl ClientSession {
             Kind::Rset { then: Some(answer) } if reply.is_positive() => {
                 return Action::Reply(Cow::Owned(answer));
             }
-            Kind::Data if reply.code() == 354 => return Action::Data(reply.raw().to_vec()),
+            Kind::Data if reply.code() == 354 => return Action::Data(reply.sanitized()),
             _ => {}
         }
-        Action::Reply(Cow::Owned(reply.raw().to_vec()))
+        Action::Reply(Cow::Owned(reply.sanitized()))
     }
 
     /// The message transaction is over (whatever the final reply said).

@@ -142,6 +142,25 @@ impl Reply {
         self.texts().last().unwrap_or_default()
     }
 
+    /// The reply made safe to relay to a client: in each line's text,
+    /// control characters (terminal escapes included) become `?` and the
+    /// text is bounded to 510 octets (RFC 5321 §4.5.3.1.5).
+    pub fn sanitized(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len());
+        for line in self.raw.split_inclusive(|c| *c == b'\n') {
+            let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+            let (head, text) = line.split_at(line.len().min(4));
+            out.extend_from_slice(head);
+            out.extend(
+                text.iter()
+                    .take(506)
+                    .map(|&b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
+            );
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
     /// The text made printable and bounded, for logs and client messages.
     pub fn summary(&self) -> String {
         let text: String = self
@@ -179,6 +198,17 @@ mod tests {
         assert_eq!(r.last_text(), b"");
         let r = Reply::parse(b"220\r\n").expect("a bare code is a valid reply");
         assert_eq!(r.code(), 220);
+    }
+
+    #[test]
+    fn relayed_replies_are_sanitized() {
+        let r = Reply::parse(b"550-5.1.1 \x1b[31mred\r\n550 5.1.1 bell\x07\r\n").expect("reply");
+        assert_eq!(r.sanitized(), b"550-5.1.1 ?[31mred\r\n550 5.1.1 bell?\r\n");
+        let long = [b"250 ".to_vec(), vec![b'x'; 3000], b"\r\n".to_vec()].concat();
+        let r = Reply::parse(&long).expect("reply");
+        assert_eq!(r.sanitized().len(), 512);
+        let ok = Reply::parse(b"250 2.0.0 Ok: queued as 1A2B\r\n").expect("reply");
+        assert_eq!(ok.sanitized(), ok.raw());
     }
 
     #[test]
