@@ -530,7 +530,7 @@ async fn relay(client: &mut Conn, up: &mut Conn, cmd: &[u8], multiline: bool) ->
             return Err(End::Upstream(e));
         }
     };
-    write_client(client, &status)
+    write_client(client, &sanitize_status(&status))
         .await
         .map_err(End::ClientGone)?;
     if multiline && matches!(parse_status(&status), Some(Status::Ok(_))) {
