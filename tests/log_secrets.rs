@@ -58,6 +58,7 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         };
         let fake = FakePop3::start(
             Pop3Script::new()
+                .greeting_timestamp(Some(RFC1939_TIMESTAMP))
                 .credentials("carol", PASSWORD)
                 .security(sec)
                 .message(b"Subject: x\r\n\r\nbody\r\n".to_vec()),

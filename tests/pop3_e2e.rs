@@ -772,3 +772,62 @@ async fn stls_command_injection_closes_the_session() {
     );
     gw.stop().await;
 }
+
+/// The APOP MD5 attack needs chosen timestamps and many digests: a repeated
+/// timestamp is refused, and repeated failures pause a user's APOP logins.
+#[tokio::test]
+async fn apop_timestamp_reuse_and_failure_bursts_are_refused() {
+    let fixed = FakePop3::start(
+        Pop3Script::new()
+            .credentials("a", "b")
+            .greeting_timestamp(Some("<1.2@fixed>")),
+    )
+    .await;
+    let gw = start(&format!(
+        "routes:\n{}",
+        pop3_route("r", fixed.addr(), "none", "apop", "")
+    ))
+    .await;
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    assert!(c.read_line().await.expect("greeting").starts_with("+OK"));
+    let mut c2 = LineClient::connect(gw.addr("r")).await.expect("connect");
+    let g = c2.read_line().await.expect("greeting");
+    assert!(
+        g.starts_with("-ERR [SYS/TEMP]"),
+        "a repeated timestamp was accepted: {g}"
+    );
+    drop(c);
+    gw.stop().await;
+
+    let fake = FakePop3::start(Pop3Script::new().credentials("a", "b")).await;
+    let gw = start(&format!(
+        "routes:\n{}",
+        pop3_route("r", fake.addr(), "none", "apop", "")
+    ))
+    .await;
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    c.read_line().await.expect("greeting");
+    for _ in 0..3 {
+        c.command("USER a").await.expect("user");
+        assert!(c
+            .command("PASS wrong")
+            .await
+            .expect("pass")
+            .starts_with("-ERR [AUTH]"));
+    }
+    c.command("USER a").await.expect("user");
+    let r = c.command("PASS b").await.expect("pass");
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    let apops = fake
+        .commands()
+        .iter()
+        .filter(|l| l.starts_with("APOP"))
+        .count();
+    assert_eq!(
+        apops,
+        3,
+        "postern kept sending digests: {:?}",
+        fake.commands()
+    );
+    gw.stop().await;
+}

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postern_core::config::{ListenMap, Route, Security};
+use postern_core::config::{ListenMap, Route, Security, UpstreamAuth};
 use postern_core::credentials::{fresh_msg_id, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream};
 use postern_core::limits;
@@ -29,6 +29,7 @@ use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::proto::apop::ApopGuard;
 use crate::proto::capa;
 use crate::proto::client::{self, Authorization, ListenTls, LocalAuth};
 use crate::proto::command::{self, Command, MAX_COMMAND_LINE};
@@ -47,6 +48,7 @@ struct RouteContext {
     upstream: postern_core::config::Upstream,
     tls: Option<TlsTarget>,
     credentials: CredentialSource,
+    apop: std::sync::Mutex<ApopGuard>,
 }
 
 /// The POP3 front end of one route.
@@ -80,6 +82,7 @@ impl Pop3Frontend {
                 tls,
                 credentials: CredentialSource::from_config(&route.credentials)
                     .map_err(SetupError::Credentials)?,
+                apop: std::sync::Mutex::new(ApopGuard::default()),
             }),
         })
     }
@@ -141,6 +144,8 @@ impl From<UpstreamError> for End {
     }
 }
 
+const APOP_PAUSED: &[u8] =
+    b"-ERR [SYS/TEMP] Too many failed logins for this user; postern pauses them for a while\r\n";
 const BLOCKED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
 const STORED_REFUSED: &[u8] =
@@ -167,6 +172,15 @@ async fn run(
         }
     };
     tracing::debug!(tls = ?up.stream().tls_version(), "upstream ready");
+    if let Some(ts) = machine.timestamp() {
+        let fresh = ctx.apop.lock().map(|mut g| g.fresh(ts)).unwrap_or(false);
+        if !fresh {
+            let _ = write_client(client, TEMP_FAILURE).await;
+            return End::Upstream(UpstreamError::Protocol(
+                "the server repeated an APOP timestamp (a chosen-timestamp attack on APOP?); refusing to send a digest".to_owned(),
+            ));
+        }
+    }
     // With local secrets postern is an APOP server itself: its greeting
     // carries a fresh msg-id timestamp (RFC 1939 §7).
     let timestamp = ctx.credentials.offers_challenges().then(fresh_msg_id);
@@ -271,6 +285,21 @@ async fn run(
         };
         let account = resolved.account;
         let login = resolved.upstream;
+        let apop_user = (ctx.upstream.auth == UpstreamAuth::Apop).then(|| login.user().to_owned());
+        if let Some(u) = &apop_user {
+            let allowed = ctx
+                .apop
+                .lock()
+                .map(|g| g.allowed(u, Instant::now()))
+                .unwrap_or(false);
+            if !allowed {
+                tracing::warn!(user = %name, "APOP logins for this user are paused after repeated failures");
+                if let Err(why) = write_client(client, APOP_PAUSED).await {
+                    return End::ClientGone(why);
+                }
+                continue;
+            }
+        }
         let first = machine.authenticate(login);
         let (conn, step) = match drive(ctx, up, &mut machine, first).await {
             Ok(x) => x,
@@ -282,6 +311,9 @@ async fn run(
         up = conn;
         match step {
             Step::LoggedIn => {
+                if let (Some(u), Ok(mut g)) = (&apop_user, ctx.apop.lock()) {
+                    g.succeeded(u);
+                }
                 if let Some(id) = account {
                     ctx.credentials.upstream_accepted(id);
                 }
@@ -293,6 +325,9 @@ async fn run(
                 break;
             }
             Step::Refused(code) => {
+                if let (Some(u), Ok(mut g)) = (&apop_user, ctx.apop.lock()) {
+                    g.failed(u, Instant::now());
+                }
                 tracing::warn!(user = %name, code = ?code, stored = account.is_some(), "the upstream refused the login");
                 let answer: &[u8] = match (code, account) {
                     // Stored credentials: a temporary, non-credential error,

@@ -30,7 +30,7 @@ pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
 pub use pki::{ring_provider, TestPki, DEFAULT_LEAF_NAMES, TEST_CA_COMMON_NAME};
 pub use pop3::{
     dot_stuff, dot_unstuff, CapaBehaviour, FakePop3, FakeSecurity, LoggedEvent, Pop3Event,
-    Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP,
+    Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP, UNIQUE_TIMESTAMP,
 };
 pub use smtp::{
     BareKind, DataEnd, EhloBehaviour, FakeSmtp, LoggedSmtpEvent, ReceivedMessage, SmtpEvent,

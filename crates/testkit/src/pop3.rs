@@ -41,6 +41,10 @@ use crate::client::find;
 /// RFC 1939 §7's example timestamp; the default greeting timestamp.
 pub const RFC1939_TIMESTAMP: &str = "<1896.697170952@dbc.mtview.ca.us>";
 
+/// Give [`Pop3Script::greeting_timestamp`] this value for a fresh, unique
+/// msg-id per connection, as a real server does (the default).
+pub const UNIQUE_TIMESTAMP: &str = "<unique>";
+
 /// Longest line the fake accepts. RFC 2449 §4 caps commands at 255 octets,
 /// but SASL responses (RFC 5034 §4) may be longer.
 const MAX_LINE: usize = 8 * 1024;
@@ -93,7 +97,8 @@ pub struct Pop3Script {
     /// The one account's password (may contain spaces).
     pub password: String,
     /// Put verbatim after `+OK fake ready ` in the greeting; `None` for no
-    /// timestamp (APOP then fails). Not validated, so tests can send
+    /// timestamp (APOP then fails); [`UNIQUE_TIMESTAMP`] (the default) for
+    /// a fresh one per connection. Not validated, so tests can send
     /// malformed ones.
     pub greeting_timestamp: Option<String>,
     /// CAPA behaviour.
@@ -119,7 +124,7 @@ impl Default for Pop3Script {
             security: FakeSecurity::Plain,
             user: "alice".to_owned(),
             password: "wonderland".to_owned(),
-            greeting_timestamp: Some(RFC1939_TIMESTAMP.to_owned()),
+            greeting_timestamp: Some(UNIQUE_TIMESTAMP.to_owned()),
             capa: CapaBehaviour::Normal,
             sasl: vec!["PLAIN".to_owned(), "CRAM-MD5".to_owned()],
             stls: StlsBehaviour::Accept,
@@ -553,6 +558,7 @@ struct Session {
     id: usize,
     tls: bool,
     state: State,
+    timestamp: Option<String>,
 }
 
 async fn run_session(shared: Arc<Shared>, id: usize, tcp: TcpStream) {
@@ -562,6 +568,10 @@ async fn run_session(shared: Arc<Shared>, id: usize, tcp: TcpStream) {
         id,
         tls: false,
         state: State::Authorization { user: None },
+        timestamp: match shared.script.greeting_timestamp.as_deref() {
+            Some(UNIQUE_TIMESTAMP) => Some(fresh_challenge()),
+            other => other.map(str::to_owned),
+        },
     };
     // `run` consumes the socket, so it is closed by the time it returns.
     let end = session.run(tcp).await;
@@ -613,7 +623,7 @@ impl Session {
             },
             FakeSecurity::Plain | FakeSecurity::Starttls(_) => Conn::Plain(tcp),
         };
-        let greeting = match &self.script().greeting_timestamp {
+        let greeting = match &self.timestamp {
             Some(ts) => format!("+OK fake ready {ts}\r\n"),
             None => "+OK fake ready\r\n".to_owned(),
         };
@@ -868,7 +878,7 @@ impl Session {
         if self.auth_blocked() {
             return TLS_REQUIRED.into();
         }
-        let Some(timestamp) = self.script().greeting_timestamp.clone() else {
+        let Some(timestamp) = self.timestamp.clone() else {
             return script_error("APOP not available: no timestamp in greeting");
         };
         let Some((name, digest)) = args.and_then(|a| a.split_once(' ')) else {

@@ -65,6 +65,70 @@ pub fn digest(timestamp: &[u8], password: &Secret) -> Zeroizing<String> {
     Zeroizing::new(postern_core::sasl::hex(&h.finalize()))
 }
 
+/// Defences against the APOP MD5 attack (Leurent 2007), where a hostile
+/// server (or a man in the middle) feeds chosen timestamps and collects
+/// digests over hundreds of logins:
+/// - a timestamp seen before on this route is refused (a real server never
+///   repeats one);
+/// - after [`ApopGuard::MAX_FAILURES`] consecutive failures for a user,
+///   postern stops sending that user's digests for [`ApopGuard::PAUSE`], so
+///   an auto-polling client cannot supply the attack's logins.
+#[derive(Debug, Default)]
+pub struct ApopGuard {
+    seen: std::collections::VecDeque<Vec<u8>>,
+    failures: std::collections::HashMap<String, (u32, Option<std::time::Instant>)>,
+}
+
+impl ApopGuard {
+    /// Timestamps remembered per route.
+    pub const REMEMBERED: usize = 4096;
+    /// Consecutive failures that pause a user's APOP logins.
+    pub const MAX_FAILURES: u32 = 3;
+    /// How long they pause.
+    pub const PAUSE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+    /// Records a greeting's timestamp; false if it was seen before.
+    pub fn fresh(&mut self, timestamp: &[u8]) -> bool {
+        if self.seen.iter().any(|t| t == timestamp) {
+            return false;
+        }
+        if self.seen.len() == Self::REMEMBERED {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(timestamp.to_vec());
+        true
+    }
+
+    /// Whether postern may send a digest for `user` now.
+    pub fn allowed(&self, user: &str, now: std::time::Instant) -> bool {
+        self.failures
+            .get(user)
+            .and_then(|(_, until)| *until)
+            .is_none_or(|until| now >= until)
+    }
+
+    /// The upstream refused `user`'s digest.
+    pub fn failed(&mut self, user: &str, now: std::time::Instant) {
+        if self.failures.len() > 10_000 {
+            self.failures
+                .retain(|_, (_, until)| until.is_some_and(|u| now < u));
+        }
+        let entry = self.failures.entry(user.to_owned()).or_insert((0, None));
+        if entry.1.is_some_and(|u| now >= u) {
+            *entry = (0, None);
+        }
+        entry.0 += 1;
+        if entry.0 >= Self::MAX_FAILURES {
+            entry.1 = Some(now + Self::PAUSE);
+        }
+    }
+
+    /// The upstream accepted `user`'s digest.
+    pub fn succeeded(&mut self, user: &str) {
+        self.failures.remove(user);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +168,24 @@ mod tests {
         }
         let long = format!("<{}@h>", "x".repeat(300));
         assert_eq!(timestamp(long.as_bytes()), Err(TimestampError::Invalid));
+    }
+
+    #[test]
+    fn guard_refuses_repeated_timestamps_and_pauses_after_failures() {
+        let mut g = ApopGuard::default();
+        assert!(g.fresh(b"<1@a>"));
+        assert!(g.fresh(b"<2@a>"));
+        assert!(!g.fresh(b"<1@a>"), "a repeated timestamp");
+        let now = std::time::Instant::now();
+        for _ in 0..ApopGuard::MAX_FAILURES - 1 {
+            g.failed("tim", now);
+            assert!(g.allowed("tim", now));
+        }
+        g.failed("tim", now);
+        assert!(!g.allowed("tim", now));
+        assert!(g.allowed("other", now));
+        assert!(g.allowed("tim", now + ApopGuard::PAUSE));
+        g.succeeded("tim");
+        assert!(g.allowed("tim", now));
     }
 }

@@ -113,6 +113,11 @@ impl UpstreamLogin {
         matches!(self.state, State::CapaBeforeTls | State::Capa)
     }
 
+    /// The APOP timestamp of the server's greeting (only kept for `auth: apop`).
+    pub fn timestamp(&self) -> Option<&[u8]> {
+        self.timestamp.as_deref()
+    }
+
     /// The capabilities learnt on the current (post-TLS) connection.
     pub fn capabilities(&self) -> Option<&Capabilities> {
         self.caps.as_ref()
