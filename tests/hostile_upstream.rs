@@ -177,3 +177,49 @@ async fn smtp_reply_text_is_sanitized() {
     assert_eq!(r, vec!["550 5.1.1 ?[5mno such user?[0m".to_owned()]);
     gw.stop().await;
 }
+
+/// A server that greets only after a pause, so a client can talk first.
+async fn slow_greeting(greeting: &'static [u8], then: Vec<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (r, mut w) = stream.into_split();
+        let _ = w.write_all(greeting).await;
+        let mut lines = BufReader::new(r).lines();
+        let mut then = then.into_iter();
+        while let Ok(Some(_)) = lines.next_line().await {
+            match then.next() {
+                Some(reply) => {
+                    let _ = w.write_all(reply).await;
+                }
+                None => break,
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn early_talkers_are_refused() {
+    let up = slow_greeting(b"220 hi\r\n", vec![b"250 fake\r\n"]).await;
+    let gw = start(&smtp(up)).await;
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    c.send_raw(b"EHLO spam\r\nMAIL FROM:<x@y>\r\n")
+        .await
+        .expect("early");
+    let r = c.read_smtp_reply().await.expect("reply");
+    assert!(r[0].starts_with("554 5.5.1"), "{r:?}");
+    gw.stop().await;
+
+    let up = slow_greeting(b"+OK hi\r\n", vec![b"-ERR no capa\r\n"]).await;
+    let gw = start(&pop3(up)).await;
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    c.send_raw(b"USER a\r\n").await.expect("early");
+    let r = c.read_line().await.expect("reply");
+    assert!(r.starts_with("-ERR"), "{r}");
+    gw.stop().await;
+}

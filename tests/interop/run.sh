@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2016 # cleanup commands are stored unexpanded, run by eval
-# Real-server interop test for postern: private Dovecot on 127.0.0.1, postern
-# routes in every upstream mode in front of it, real legacy clients (Python
-# poplib, a raw socket, curl) on the other side. Everything runs on loopback
-# in one mktemp -d directory that is removed at exit.
+# Real-server interop test for postern: private Dovecot and Postfix on
+# 127.0.0.1, postern POP3 and SMTP routes in every upstream mode in front of
+# them, real legacy clients (Python poplib and smtplib, raw sockets, curl,
+# swaks) on the other side. Everything runs on loopback in one mktemp -d
+# directory that is removed at exit.
 #
 # Usage:
 #   tests/interop/run.sh                  full run (CI); exit 0 only if all pass
-#   tests/interop/run.sh --dovecot-only   start Dovecot, check it, print ports
-#                                         and credentials, wait for Ctrl-C
+#   tests/interop/run.sh --dovecot-only   start Dovecot and Postfix, check them,
+#                                         print ports and credentials, wait for
+#                                         Ctrl-C (alias: --servers-only)
 #   tests/interop/run.sh --attach DIR     build/start postern and run the route
 #                                         checks against the servers that a
 #                                         --dovecot-only run in DIR keeps up;
@@ -19,10 +21,11 @@
 #   INTEROP_DOVECOT_ONLY=1      same as --dovecot-only
 #   INTEROP_MAIL_UID=N          uid owning the Maildirs (default 40125)
 #
-# Needs root on a Debian-like system (it installs Dovecot, curl, openssl,
-# python3 when missing). Suites live in suites/*.sh; adding one (SMTP with
-# Postfix) means writing suites/NAME.sh with the same functions as
-# suites/pop3.sh and adding NAME to SUITES below.
+# Needs root on a Debian-like system (it installs Dovecot, Postfix, swaks,
+# curl, openssl, python3 when missing). Suites live in suites/*.sh; adding
+# one means writing suites/NAME.sh with the same functions as
+# suites/pop3.sh and adding NAME to SUITES below (smtp reads its mail back
+# through pop3's routes, so it comes after pop3).
 set -Eeuo pipefail
 
 # dovecot and doveadm live in /usr/sbin, which a CI runner's PATH may lack.
@@ -30,7 +33,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.." && pwd))
 
-SUITES=(pop3)
+SUITES=(pop3 smtp)
 
 # shellcheck source=lib/common.sh
 source "$HERE/lib/common.sh"
@@ -38,6 +41,8 @@ source "$HERE/lib/common.sh"
 source "$HERE/lib/pki.sh"
 # shellcheck source=lib/dovecot.sh
 source "$HERE/lib/dovecot.sh"
+# shellcheck source=lib/postfix.sh
+source "$HERE/lib/postfix.sh"
 # shellcheck source=lib/postern.sh
 source "$HERE/lib/postern.sh"
 for suite in "${SUITES[@]}"; do
@@ -117,10 +122,14 @@ attach_servers() {
   source "$ATTACH_DIR/servers.env"
   set +a
   kill -0 "$DOVECOT_PID" 2>/dev/null || die "Dovecot (pid $DOVECOT_PID) from $ATTACH_DIR is not running"
+  if [ -n "${PF_PID:-}" ]; then
+    kill -0 "$PF_PID" 2>/dev/null || die "Postfix (pid $PF_PID) from $ATTACH_DIR is not running"
+  fi
   RUN_DIR=$(mktemp -d "$WORK/run-attach.XXXXXX")
   RESULTS="$RUN_DIR/results.tsv"
   : >"$RESULTS"
   on_failure_dump 'dump_file "Dovecot log" "$DOVECOT_LOG" 200'
+  [ -z "${PF_LOG:-}" ] || on_failure_dump 'dump_file "Postfix log" "$PF_LOG" 200'
   log "attached to servers in $WORK; this run's files: $RUN_DIR"
 }
 

@@ -191,6 +191,15 @@ async fn run(
         ),
         None => "+OK postern POP3 gateway ready\r\n".to_owned(),
     };
+    // An early talker sends before the greeting: real clients wait.
+    if client.has_pending_input().await {
+        let _ = write_client(
+            client,
+            b"-ERR Protocol error: data sent before the greeting\r\n",
+        )
+        .await;
+        return End::ClientGone("client talked before the greeting");
+    }
     if let Err(why) = write_client(client, greeting.as_bytes()).await {
         return End::ClientGone(why);
     }

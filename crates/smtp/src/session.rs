@@ -226,6 +226,16 @@ async fn run(
             device,
         },
     );
+    // An early talker sends before the greeting: a spam bot or a
+    // desynchronised client. Real clients wait.
+    if client.has_pending_input().await {
+        let _ = write_client(
+            client,
+            b"554 5.5.1 postern: protocol error: data sent before the greeting; closing\r\n",
+        )
+        .await;
+        return End::Closed("client talked before the greeting");
+    }
     if let Err(why) = write_client(client, b"220 postern ESMTP gateway ready\r\n").await {
         return End::Closed(why);
     }
