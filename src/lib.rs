@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use postern_core::acl::Acl;
 use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
+use postern_core::limits::Timeouts;
 use postern_core::server::SetupError;
-use postern_core::server::{BindError, Frontend, Listener, Server};
+use postern_core::server::{BindError, Frontend, ListenOptions, Listener, Server};
 use tokio_util::sync::CancellationToken;
 
 pub use postern_core::config;
@@ -51,23 +52,29 @@ impl Gateway {
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let mut listeners = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
+            let limits = config.limits.resolve(&route.limits);
             let frontend: Arc<dyn Frontend> = match route.protocol {
-                Protocol::Pop3 => {
-                    Arc::new(postern_pop3::Pop3Frontend::new(route).map_err(|source| {
-                        StartError::Setup {
-                            route: route.name.clone(),
-                            source,
-                        }
-                    })?)
-                }
-                Protocol::Smtp => {
-                    Arc::new(postern_smtp::SmtpFrontend::new(route).map_err(|source| {
-                        StartError::Setup {
-                            route: route.name.clone(),
-                            source,
-                        }
-                    })?)
-                }
+                Protocol::Pop3 => Arc::new(
+                    postern_pop3::Pop3Frontend::new(
+                        route,
+                        config.timeouts.resolve(&route.timeouts, Timeouts::POP3),
+                    )
+                    .map_err(|source| StartError::Setup {
+                        route: route.name.clone(),
+                        source,
+                    })?,
+                ),
+                Protocol::Smtp => Arc::new(
+                    postern_smtp::SmtpFrontend::new(
+                        route,
+                        config.timeouts.resolve(&route.timeouts, Timeouts::SMTP),
+                        limits,
+                    )
+                    .map_err(|source| StartError::Setup {
+                        route: route.name.clone(),
+                        source,
+                    })?,
+                ),
                 _ => return Err(StartError::Unsupported(route.name.clone())),
             };
             let acl = Acl::new(route.allow_list());
@@ -77,7 +84,11 @@ impl Gateway {
                     route.listen.address(),
                     acl,
                     frontend,
-                    route.listen.0.proxy_protocol,
+                    ListenOptions {
+                        proxy_protocol: route.listen.0.proxy_protocol,
+                        max_sessions: limits.sessions,
+                        max_per_client: limits.sessions_per_client,
+                    },
                 )
                 .await?,
             );

@@ -29,8 +29,132 @@ pub struct Config {
     /// The admin endpoint (`/healthz`, `/metrics`). Parsed, not yet served.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Deadlines for every route (each route may override).
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Limits for every route (each route may override).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Every route: one listener, one protocol, one upstream.
     pub routes: Vec<Route>,
+}
+
+/// `timeouts:` (top level or per route); durations like `30s`, `5m`, `500ms`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Resolving and connecting to the upstream.
+    pub connect: Option<Dur>,
+    /// TLS handshakes, both sides.
+    pub tls_handshake: Option<Dur>,
+    /// Each upstream reply.
+    pub upstream_reply: Option<Dur>,
+    /// A client command before login.
+    pub client_login: Option<Dur>,
+    /// A client command after login (POP3: RFC 1939 asks for at least 10 minutes).
+    pub client_idle: Option<Dur>,
+    /// SMTP: the next block of message data.
+    pub data_block: Option<Dur>,
+    /// SMTP: the upstream's reply to the end of data (keep it under the client's 10 minutes).
+    pub final_reply: Option<Dur>,
+}
+
+impl TimeoutsConfig {
+    /// Applies these settings (then `route`'s) over protocol defaults.
+    pub fn resolve(
+        &self,
+        route: &TimeoutsConfig,
+        mut base: crate::limits::Timeouts,
+    ) -> crate::limits::Timeouts {
+        for c in [self, route] {
+            let set = |slot: &mut std::time::Duration, v: Option<Dur>| {
+                if let Some(d) = v {
+                    *slot = d.0;
+                }
+            };
+            set(&mut base.connect, c.connect);
+            set(&mut base.tls_handshake, c.tls_handshake);
+            set(&mut base.upstream_reply, c.upstream_reply);
+            set(&mut base.client_login, c.client_login);
+            set(&mut base.client_idle, c.client_idle);
+            set(&mut base.data_block, c.data_block);
+            set(&mut base.final_reply, c.final_reply);
+        }
+        base
+    }
+}
+
+/// `limits:` (top level or per route).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// SMTP: the largest message in bytes.
+    pub message_size: Option<u64>,
+    /// SMTP: recipients per message.
+    pub max_recipients: Option<u32>,
+    /// Sessions at once on a route.
+    pub sessions: Option<usize>,
+    /// Sessions at once from one client address on a route.
+    pub sessions_per_client: Option<usize>,
+}
+
+impl LimitsConfig {
+    /// Applies these settings (then `route`'s) over the defaults.
+    pub fn resolve(&self, route: &LimitsConfig) -> crate::limits::Limits {
+        let mut l = crate::limits::Limits::DEFAULT;
+        for c in [self, route] {
+            if let Some(v) = c.message_size {
+                l.message_size = v;
+            }
+            if let Some(v) = c.max_recipients {
+                l.max_recipients = v;
+            }
+            if let Some(v) = c.sessions {
+                l.sessions = v;
+            }
+            if let Some(v) = c.sessions_per_client {
+                l.sessions_per_client = v;
+            }
+        }
+        l
+    }
+}
+
+/// A duration written as `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub std::time::Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a duration; write a number and a unit, like 500ms, 30s, 5m or 1h")
+        };
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        let d = match unit {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+            "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        if d.is_zero() {
+            return Err(format!(
+                "`{s}`: a timeout of zero would end every session at once"
+            ));
+        }
+        Ok(Dur(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
 }
 
 /// `log:` settings.
@@ -96,6 +220,12 @@ pub struct Route {
     /// Where the upstream credentials come from.
     #[serde(default)]
     pub credentials: Credentials,
+    /// Deadlines overriding the top-level ones.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Limits overriding the top-level ones.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Route {
@@ -1049,6 +1179,32 @@ routes:
             "{p:?}"
         );
         assert!(p.iter().any(|m| m.contains("local_password_env")), "{p:?}");
+    }
+
+    #[test]
+    fn timeouts_and_limits_layer_route_over_top_over_defaults() {
+        let c = load(
+            "timeouts: { connect: 5s, client_idle: 20m }\nlimits: { message_size: 1000, sessions: 9 }\nroutes:\n  - name: a\n    protocol: smtp\n    listen: 127.0.0.1:1\n    upstream: { address: h:1, auth: none }\n    timeouts: { connect: 250ms, final_reply: 2m }\n    limits: { max_recipients: 7 }\n",
+        )
+        .expect("valid");
+        let r = &c.routes[0];
+        let t = c
+            .timeouts
+            .resolve(&r.timeouts, crate::limits::Timeouts::SMTP);
+        assert_eq!(t.connect, std::time::Duration::from_millis(250));
+        assert_eq!(t.client_idle, std::time::Duration::from_secs(1200));
+        assert_eq!(t.final_reply, std::time::Duration::from_secs(120));
+        assert_eq!(t.tls_handshake, crate::limits::Timeouts::SMTP.tls_handshake);
+        let l = c.limits.resolve(&r.limits);
+        assert_eq!((l.message_size, l.sessions, l.max_recipients), (1000, 9, 7));
+        for bad in ["5", "5x", "0s", "-1s", "s"] {
+            let e =
+                load(&format!("timeouts: {{ connect: \"{bad}\" }}\nroutes: []\n")).expect_err(bad);
+            assert!(
+                e.to_string().contains("duration") || e.to_string().contains("zero"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -277,6 +277,7 @@ impl Conn {
     pub async fn upgrade_server(
         &mut self,
         config: &Arc<rustls::ServerConfig>,
+        timeout: std::time::Duration,
     ) -> Result<(), UpgradeError> {
         if !self.buffered().is_empty() {
             return Err(UpgradeError::BytesAfterGoAhead);
@@ -285,18 +286,15 @@ impl Conn {
             return Err(UpgradeError::AlreadyTls);
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-        let tls =
-            match tokio::time::timeout(crate::limits::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                .await
-            {
-                Ok(r) => r.map_err(UpgradeError::Handshake)?,
-                Err(_) => {
-                    return Err(UpgradeError::Handshake(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "TLS handshake timed out",
-                    )))
-                }
-            };
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(r) => r.map_err(UpgradeError::Handshake)?,
+            Err(_) => {
+                return Err(UpgradeError::Handshake(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                )))
+            }
+        };
         self.stream = Stream::TlsServer(Box::new(tls));
         self.buf.clear();
         self.start = 0;

@@ -51,3 +51,72 @@ pub const AUTH_BLOCK_DURATION: Duration = Duration::from_secs(15 * 60);
 pub const STORED_LOGIN_BACKOFF: Duration = Duration::from_secs(60);
 /// Reading a PROXY protocol header from a load balancer.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadlines of one route, after configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Resolving and connecting to the upstream, per address.
+    pub connect: Duration,
+    /// A TLS handshake on either side.
+    pub tls_handshake: Duration,
+    /// One upstream reply (greeting, login, commands; SMTP MAIL/RCPT/DATA).
+    pub upstream_reply: Duration,
+    /// A client command before login.
+    pub client_login: Duration,
+    /// A client command after login.
+    pub client_idle: Duration,
+    /// SMTP: the next block of message data from the client.
+    pub data_block: Duration,
+    /// SMTP: the upstream's reply to the end of data.
+    pub final_reply: Duration,
+    /// Writing to a peer that does not read.
+    pub write: Duration,
+}
+
+impl Timeouts {
+    /// RFC-based defaults for POP3.
+    pub const POP3: Timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        tls_handshake: TLS_HANDSHAKE_TIMEOUT,
+        upstream_reply: UPSTREAM_REPLY_TIMEOUT,
+        client_login: CLIENT_PRELOGIN_IDLE,
+        client_idle: CLIENT_IDLE,
+        data_block: SMTP_DATA_BLOCK,
+        final_reply: SMTP_FINAL_REPLY_TIMEOUT,
+        write: WRITE_TIMEOUT,
+    };
+    /// RFC 5321 §4.5.3.2-based defaults for SMTP.
+    pub const SMTP: Timeouts = Timeouts {
+        connect: CONNECT_TIMEOUT,
+        tls_handshake: TLS_HANDSHAKE_TIMEOUT,
+        upstream_reply: SMTP_REPLY_TIMEOUT,
+        client_login: SMTP_COMMAND_IDLE,
+        client_idle: SMTP_COMMAND_IDLE,
+        data_block: SMTP_DATA_BLOCK,
+        final_reply: SMTP_FINAL_REPLY_TIMEOUT,
+        write: WRITE_TIMEOUT,
+    };
+}
+
+/// The size limits of one route, after configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// SMTP: the largest message (`552 5.3.4` beyond it).
+    pub message_size: u64,
+    /// SMTP: recipients per message (`452 4.5.3` beyond it; RFC 5321 §4.5.3.1.8 asks for at least 100).
+    pub max_recipients: u32,
+    /// Sessions at once on this route (`-ERR [SYS/TEMP]` / `421 4.7.0` beyond it).
+    pub sessions: usize,
+    /// Sessions at once from one client address on this route.
+    pub sessions_per_client: usize,
+}
+
+impl Limits {
+    /// Defaults.
+    pub const DEFAULT: Limits = Limits {
+        message_size: SMTP_MAX_MESSAGE_SIZE,
+        max_recipients: 100,
+        sessions: 500,
+        sessions_per_client: 50,
+    };
+}

@@ -23,6 +23,8 @@ pub type SessionFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Frontend: Send + Sync + 'static {
     /// Written to a client the allow-list refuses, before closing.
     fn refusal(&self) -> &'static [u8];
+    /// Written to a client over a session limit, before closing.
+    fn busy(&self) -> &'static [u8];
     /// Runs one client session.
     fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture;
 }
@@ -33,7 +35,61 @@ pub struct Listener {
     listener: TcpListener,
     acl: Arc<Acl>,
     frontend: Arc<dyn Frontend>,
-    proxy_protocol: bool,
+    options: ListenOptions,
+    sessions: Arc<Sessions>,
+}
+
+/// How a listener admits connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// Expect a PROXY protocol header first.
+    pub proxy_protocol: bool,
+    /// Sessions at once on this listener.
+    pub max_sessions: usize,
+    /// Sessions at once from one client address.
+    pub max_per_client: usize,
+}
+
+/// Counts running sessions, in total and per client address.
+#[derive(Debug, Default)]
+struct Sessions {
+    by_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admitted session; dropping it frees its places.
+struct SessionSlot {
+    sessions: Arc<Sessions>,
+    ip: std::net::IpAddr,
+}
+
+impl Sessions {
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr, o: &ListenOptions) -> Option<SessionSlot> {
+        let ip = ip.to_canonical();
+        let mut map = self.by_client.lock().ok()?;
+        let total: usize = map.values().sum();
+        let mine = map.get(&ip).copied().unwrap_or(0);
+        if total >= o.max_sessions || mine >= o.max_per_client {
+            return None;
+        }
+        *map.entry(ip).or_insert(0) += 1;
+        Some(SessionSlot {
+            sessions: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.sessions.by_client.lock() {
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Listener {
@@ -76,7 +132,7 @@ impl Listener {
         address: SocketAddr,
         acl: Acl,
         frontend: Arc<dyn Frontend>,
-        proxy_protocol: bool,
+        options: ListenOptions,
     ) -> Result<Self, BindError> {
         let listener = TcpListener::bind(address)
             .await
@@ -90,7 +146,8 @@ impl Listener {
             listener,
             acl: Arc::new(acl),
             frontend,
-            proxy_protocol,
+            options,
+            sessions: Arc::new(Sessions::default()),
         })
     }
 
@@ -125,15 +182,16 @@ impl Listener {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (route, acl, frontend, proxy) = (
+            let (route, acl, frontend, sessions) = (
                 self.route.clone(),
                 self.acl.clone(),
                 self.frontend.clone(),
-                self.proxy_protocol,
+                self.sessions.clone(),
             );
+            let options = self.options;
             let abort = abort.clone();
             tracker.spawn(async move {
-                let work = admit(route, acl, frontend, proxy, stream, peer);
+                let work = admit(route, acl, frontend, options, sessions, stream, peer);
                 tokio::select! {
                     _ = work => {}
                     _ = abort.cancelled() => {}
@@ -150,11 +208,12 @@ async fn admit(
     route: Arc<str>,
     acl: Arc<Acl>,
     frontend: Arc<dyn Frontend>,
-    proxy: bool,
+    options: ListenOptions,
+    sessions: Arc<Sessions>,
     mut stream: TcpStream,
     socket_peer: SocketAddr,
 ) {
-    let peer = if proxy {
+    let peer = if options.proxy_protocol {
         match crate::proxy::read_header(&mut stream, limits::PROXY_HEADER_TIMEOUT).await {
             Ok(addr) => addr.source_or(socket_peer),
             Err(e) => {
@@ -176,6 +235,16 @@ async fn admit(
         .await;
         return;
     }
+    let Some(_slot) = sessions.admit(peer.ip(), &options) else {
+        tracing::warn!(route = %route, client = %peer, "refused: too many sessions");
+        let busy = frontend.busy();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = stream.write_all(busy).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+        return;
+    };
     frontend.session(stream, peer).await;
 }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::config::HostPort;
 use crate::io::{Conn, Stream, UpgradeError};
-use crate::limits;
+use crate::limits::Timeouts;
 
 /// Something went wrong on the upstream side of a session.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +71,10 @@ where
 }
 
 /// Resolves `addr` now and connects to the first address that answers.
-pub async fn connect_tcp(addr: &HostPort) -> Result<TcpStream, UpstreamError> {
+pub async fn connect_tcp(addr: &HostPort, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let display = addr.to_string();
     let resolved = match tokio::time::timeout(
-        limits::CONNECT_TIMEOUT,
+        timeout,
         tokio::net::lookup_host((addr.host.as_str(), addr.port)),
     )
     .await
@@ -93,7 +93,7 @@ pub async fn connect_tcp(addr: &HostPort) -> Result<TcpStream, UpstreamError> {
     }
     let mut last = None;
     for sa in resolved {
-        match tokio::time::timeout(limits::CONNECT_TIMEOUT, TcpStream::connect(sa)).await {
+        match tokio::time::timeout(timeout, TcpStream::connect(sa)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
@@ -118,11 +118,15 @@ pub struct TlsTarget {
 }
 
 /// Connects with implicit TLS from the first byte.
-pub async fn connect_tls(addr: &HostPort, tls: &TlsTarget) -> Result<Conn, UpstreamError> {
-    let tcp = connect_tcp(addr).await?;
+pub async fn connect_tls(
+    addr: &HostPort,
+    tls: &TlsTarget,
+    timeouts: &Timeouts,
+) -> Result<Conn, UpstreamError> {
+    let tcp = connect_tcp(addr, timeouts.connect).await?;
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
     match tokio::time::timeout(
-        limits::TLS_HANDSHAKE_TIMEOUT,
+        timeouts.tls_handshake,
         connector.connect(tls.name.clone(), tcp),
     )
     .await
@@ -134,9 +138,13 @@ pub async fn connect_tls(addr: &HostPort, tls: &TlsTarget) -> Result<Conn, Upstr
 }
 
 /// Upgrades after a STLS/STARTTLS go-ahead, under the handshake deadline.
-pub async fn starttls(conn: Conn, tls: &TlsTarget) -> Result<Conn, UpstreamError> {
+pub async fn starttls(
+    conn: Conn,
+    tls: &TlsTarget,
+    timeouts: &Timeouts,
+) -> Result<Conn, UpstreamError> {
     match tokio::time::timeout(
-        limits::TLS_HANDSHAKE_TIMEOUT,
+        timeouts.tls_handshake,
         conn.upgrade_client(tls.config.clone(), tls.name.clone()),
     )
     .await

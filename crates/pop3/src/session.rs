@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use postern_core::config::{ListenMap, Route, Security, UpstreamAuth};
 use postern_core::credentials::{fresh_msg_id, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream};
-use postern_core::limits;
+use postern_core::limits::{self, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
 use postern_core::tls::{self, TlsSetupError};
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
@@ -49,6 +49,7 @@ struct RouteContext {
     tls: Option<TlsTarget>,
     credentials: CredentialSource,
     apop: std::sync::Mutex<ApopGuard>,
+    timeouts: Timeouts,
 }
 
 /// The POP3 front end of one route.
@@ -59,7 +60,7 @@ pub struct Pop3Frontend {
 
 impl Pop3Frontend {
     /// Prepares a route: builds its TLS configurations once.
-    pub fn new(route: &Route) -> Result<Self, SetupError> {
+    pub fn new(route: &Route, timeouts: Timeouts) -> Result<Self, SetupError> {
         let listen = route.listen.0.clone();
         let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
             (Security::None, _, _) => None,
@@ -83,6 +84,7 @@ impl Pop3Frontend {
                 credentials: CredentialSource::from_config(&route.credentials)
                     .map_err(SetupError::Credentials)?,
                 apop: std::sync::Mutex::new(ApopGuard::default()),
+                timeouts,
             }),
         })
     }
@@ -91,6 +93,10 @@ impl Pop3Frontend {
 impl Frontend for Pop3Frontend {
     fn refusal(&self) -> &'static [u8] {
         b"-ERR [SYS/PERM] Access denied\r\n"
+    }
+
+    fn busy(&self) -> &'static [u8] {
+        b"-ERR [SYS/TEMP] Too many sessions; try again later\r\n"
     }
 
     fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture {
@@ -102,7 +108,7 @@ impl Frontend for Pop3Frontend {
                 let mut client = Conn::new(Stream::Tcp(stream));
                 let mut user = None;
                 let end = match (&ctx.acceptor, ctx.listen.security) {
-                    (Some(acceptor), Security::Tls) => match client.upgrade_server(acceptor).await {
+                    (Some(acceptor), Security::Tls) => match client.upgrade_server(acceptor, ctx.timeouts.tls_handshake).await {
                         Ok(()) => run(&ctx, &mut client, peer, &mut user).await,
                         Err(_) => End::ClientGone("TLS handshake with the client failed"),
                     },
@@ -218,7 +224,7 @@ async fn run(
 
     // AUTHORIZATION: every login the client gives is tried upstream.
     loop {
-        let line = match read_client(client, auth.max_line(), limits::CLIENT_PRELOGIN_IDLE).await {
+        let line = match read_client(client, auth.max_line(), ctx.timeouts.client_login).await {
             Ok(Some(line)) => line,
             Ok(None) => {
                 let step = auth.on_too_long();
@@ -256,7 +262,11 @@ async fn run(
                 let Some(acceptor) = &ctx.acceptor else {
                     return End::ClientGone("internal: STLS without a certificate");
                 };
-                if client.upgrade_server(acceptor).await.is_err() {
+                if client
+                    .upgrade_server(acceptor, ctx.timeouts.tls_handshake)
+                    .await
+                    .is_err()
+                {
                     return End::ClientGone("TLS handshake with the client failed");
                 }
                 auth.on_tls();
@@ -368,15 +378,19 @@ async fn run(
         }
     }
 
-    transaction(client, &mut up).await
+    transaction(client, &mut up, &ctx.timeouts).await
 }
 
 /// Connects, secures and greets the upstream up to the point of login.
 async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamLogin), UpstreamError> {
     let up = &ctx.upstream;
     let conn = match (&ctx.tls, up.security) {
-        (Some(tls), Security::Tls) => upstream::connect_tls(&up.address, tls).await?,
-        _ => Conn::new(Stream::Tcp(upstream::connect_tcp(&up.address).await?)),
+        (Some(tls), Security::Tls) => {
+            upstream::connect_tls(&up.address, tls, &ctx.timeouts).await?
+        }
+        _ => Conn::new(Stream::Tcp(
+            upstream::connect_tcp(&up.address, ctx.timeouts.connect).await?,
+        )),
     };
     let mut machine = UpstreamLogin::new(up.security, up.auth);
     let first = machine.start();
@@ -399,16 +413,26 @@ async fn drive(
     loop {
         step = match step {
             Step::Read => {
-                let (status, body) =
-                    read_reply(&mut up, machine.expects_body(), machine.phase()).await?;
+                let (status, body) = read_reply(
+                    &mut up,
+                    machine.expects_body(),
+                    machine.phase(),
+                    &ctx.timeouts,
+                )
+                .await?;
                 machine.on_reply(&status, &body)
             }
             Step::Send(bytes) => {
                 // The bytes may hold a password or digest: log the phase only.
                 tracing::trace!(phase = machine.phase(), "sending to upstream");
                 write_upstream(&mut up, &bytes).await?;
-                let (status, body) =
-                    read_reply(&mut up, machine.expects_body(), machine.phase()).await?;
+                let (status, body) = read_reply(
+                    &mut up,
+                    machine.expects_body(),
+                    machine.phase(),
+                    &ctx.timeouts,
+                )
+                .await?;
                 machine.on_reply(&status, &body)
             }
             Step::StartTls => {
@@ -417,7 +441,7 @@ async fn drive(
                         "internal: STLS without TLS settings".to_owned(),
                     ));
                 };
-                up = upstream::starttls(up, tls).await?;
+                up = upstream::starttls(up, tls, &ctx.timeouts).await?;
                 tracing::debug!(tls = ?up.stream().tls_version(), "upstream STLS done");
                 machine.on_tls()
             }
@@ -433,13 +457,14 @@ async fn read_reply(
     up: &mut Conn,
     body: bool,
     phase: &'static str,
+    t: &Timeouts,
 ) -> Result<(Vec<u8>, Vec<Vec<u8>>), UpstreamError> {
-    let status = read_upstream_line(up, phase).await?;
+    let status = read_upstream_line(up, phase, t).await?;
     let mut lines = Vec::new();
     if body && matches!(parse_status(&status), Some(Status::Ok(_))) {
         let mut total = 0;
         loop {
-            let line = read_upstream_line(up, phase).await?;
+            let line = read_upstream_line(up, phase, t).await?;
             if line == b".\r\n" {
                 break;
             }
@@ -455,14 +480,12 @@ async fn read_reply(
     Ok((status, lines))
 }
 
-async fn read_upstream_line(up: &mut Conn, phase: &'static str) -> Result<Vec<u8>, UpstreamError> {
-    match upstream::deadline(
-        limits::UPSTREAM_REPLY_TIMEOUT,
-        phase,
-        up.read_line(MAX_REPLY_LINE),
-    )
-    .await?
-    {
+async fn read_upstream_line(
+    up: &mut Conn,
+    phase: &'static str,
+    t: &Timeouts,
+) -> Result<Vec<u8>, UpstreamError> {
+    match upstream::deadline(t.upstream_reply, phase, up.read_line(MAX_REPLY_LINE)).await? {
         LineRead::Line(l) => Ok(l),
         LineRead::TooLong => Err(UpstreamError::Protocol(format!(
             "the server sent a line longer than {MAX_REPLY_LINE} bytes during {phase}"
@@ -520,10 +543,10 @@ async fn reply_step(client: &mut Conn, step: client::Step) -> Result<(), &'stati
 }
 
 /// The TRANSACTION state: relay, one command at a time, in order.
-async fn transaction(client: &mut Conn, up: &mut Conn) -> End {
+async fn transaction(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> End {
     let mut cmd = Vec::with_capacity(64);
     loop {
-        let line = match read_client(client, MAX_COMMAND_LINE, limits::CLIENT_IDLE).await {
+        let line = match read_client(client, MAX_COMMAND_LINE, t.client_idle).await {
             Ok(Some(line)) => line,
             Ok(None) => {
                 if let Err(why) = write_client(client, b"-ERR Line too long\r\n").await {
@@ -535,21 +558,21 @@ async fn transaction(client: &mut Conn, up: &mut Conn) -> End {
             Err(why) => return End::ClientGone(why),
         };
         let local: Cow<'static, [u8]> = match command::parse(&line) {
-            Command::Transaction(t) => {
+            Command::Transaction(tx) => {
                 cmd.clear();
-                t.write_to(&mut cmd);
-                if let Err(end) = relay(client, up, &cmd, t.multiline()).await {
+                tx.write_to(&mut cmd);
+                if let Err(end) = relay(client, up, &cmd, tx.multiline(), t).await {
                     return end;
                 }
                 continue;
             }
             Command::Capa => {
-                if let Err(end) = relay_capa(client, up).await {
+                if let Err(end) = relay_capa(client, up, t).await {
                     return end;
                 }
                 continue;
             }
-            Command::Quit => return quit(client, up).await,
+            Command::Quit => return quit(client, up, t).await,
             Command::User(_) | Command::Pass(_) | Command::Apop(..) | Command::Auth { .. } => {
                 Cow::Borrowed(b"-ERR Already logged in\r\n")
             }
@@ -566,8 +589,14 @@ async fn transaction(client: &mut Conn, up: &mut Conn) -> End {
 }
 
 /// Sends one command and relays its reply; a multi-line body is streamed.
-async fn relay(client: &mut Conn, up: &mut Conn, cmd: &[u8], multiline: bool) -> Result<(), End> {
-    let status = match send_and_read_status(up, cmd).await {
+async fn relay(
+    client: &mut Conn,
+    up: &mut Conn,
+    cmd: &[u8],
+    multiline: bool,
+    t: &Timeouts,
+) -> Result<(), End> {
+    let status = match send_and_read_status(up, cmd, t).await {
         Ok(s) => s,
         Err(e) => {
             let _ = write_client(client, TEMP_FAILURE).await;
@@ -578,14 +607,18 @@ async fn relay(client: &mut Conn, up: &mut Conn, cmd: &[u8], multiline: bool) ->
         .await
         .map_err(End::ClientGone)?;
     if multiline && matches!(parse_status(&status), Some(Status::Ok(_))) {
-        relay_body(client, up).await?;
+        relay_body(client, up, t).await?;
     }
     Ok(())
 }
 
-async fn send_and_read_status(up: &mut Conn, cmd: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+async fn send_and_read_status(
+    up: &mut Conn,
+    cmd: &[u8],
+    t: &Timeouts,
+) -> Result<Vec<u8>, UpstreamError> {
     write_upstream(up, cmd).await?;
-    let status = read_upstream_line(up, "a command reply").await?;
+    let status = read_upstream_line(up, "a command reply", t).await?;
     match parse_status(&status) {
         Some(Status::Ok(_) | Status::Err(_)) if status.ends_with(b"\r\n") => Ok(status),
         _ => Err(UpstreamError::Protocol(
@@ -597,17 +630,13 @@ async fn send_and_read_status(up: &mut Conn, cmd: &[u8]) -> Result<Vec<u8>, Upst
 /// Streams a multi-line body to the client up to and including the
 /// server's own terminator. Nothing is collected: each chunk read is
 /// written on. If the server stops early the error closes the client.
-async fn relay_body(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
+async fn relay_body(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> Result<(), End> {
     let mut end = BodyEnd::new();
     loop {
         if up.buffered().is_empty() {
-            let n = upstream::deadline(
-                limits::UPSTREAM_REPLY_TIMEOUT,
-                "a message transfer",
-                up.fill(),
-            )
-            .await
-            .map_err(End::Upstream)?;
+            let n = upstream::deadline(t.upstream_reply, "a message transfer", up.fill())
+                .await
+                .map_err(End::Upstream)?;
             if n == 0 {
                 return Err(End::Upstream(UpstreamError::Closed(
                     "in the middle of a multi-line reply",
@@ -630,10 +659,10 @@ async fn relay_body(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
 }
 
 /// CAPA after login: the server's list, rewritten (see [`capa::after_login`]).
-async fn relay_capa(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
+async fn relay_capa(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> Result<(), End> {
     let fetched = async {
         write_upstream(up, b"CAPA\r\n").await?;
-        read_reply(up, true, "CAPA").await
+        read_reply(up, true, "CAPA", t).await
     }
     .await;
     let (status, body) = match fetched {
@@ -654,8 +683,8 @@ async fn relay_capa(client: &mut Conn, up: &mut Conn) -> Result<(), End> {
 
 /// QUIT after login: the server commits deletions (UPDATE state) and its
 /// answer, good or bad, is the client's answer.
-async fn quit(client: &mut Conn, up: &mut Conn) -> End {
-    match send_and_read_status(up, b"QUIT\r\n").await {
+async fn quit(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> End {
+    match send_and_read_status(up, b"QUIT\r\n", t).await {
         Ok(status) => {
             let _ = write_client(client, &sanitize_status(&status)).await;
             End::Quit

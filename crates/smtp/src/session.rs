@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use postern_core::config::{ListenMap, Route, Security, UpstreamAuth};
 use postern_core::credentials::{fresh_msg_id, ClientAuth, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
-use postern_core::limits;
+use postern_core::limits::{self, Limits, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
 use postern_core::tls::{self, TlsSetupError};
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
@@ -46,7 +46,8 @@ struct RouteContext {
     upstream: postern_core::config::Upstream,
     tls: Option<TlsTarget>,
     credentials: CredentialSource,
-    max_size: u64,
+    limits: Limits,
+    timeouts: Timeouts,
 }
 
 /// The SMTP front end of one route.
@@ -57,7 +58,7 @@ pub struct SmtpFrontend {
 
 impl SmtpFrontend {
     /// Prepares a route: builds its TLS configurations once.
-    pub fn new(route: &Route) -> Result<Self, SetupError> {
+    pub fn new(route: &Route, timeouts: Timeouts, limits: Limits) -> Result<Self, SetupError> {
         let listen = route.listen.0.clone();
         let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
             (Security::None, _, _) => None,
@@ -80,7 +81,8 @@ impl SmtpFrontend {
                 tls,
                 credentials: CredentialSource::from_config(&route.credentials)
                     .map_err(SetupError::Credentials)?,
-                max_size: limits::SMTP_MAX_MESSAGE_SIZE,
+                limits,
+                timeouts,
             }),
         })
     }
@@ -89,6 +91,10 @@ impl SmtpFrontend {
 impl Frontend for SmtpFrontend {
     fn refusal(&self) -> &'static [u8] {
         b"554 5.7.1 Access denied\r\n"
+    }
+
+    fn busy(&self) -> &'static [u8] {
+        b"421 4.7.0 postern: too many connections; try again later\r\n"
     }
 
     fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture {
@@ -100,7 +106,10 @@ impl Frontend for SmtpFrontend {
                 let mut client = Conn::new(Stream::Tcp(stream));
                 let mut user = None;
                 let end = match (&ctx.acceptor, ctx.listen.security) {
-                    (Some(config), Security::Tls) => match client.upgrade_server(config).await {
+                    (Some(config), Security::Tls) => match client
+                        .upgrade_server(config, ctx.timeouts.tls_handshake)
+                        .await
+                    {
                         Ok(()) => run(&ctx, &mut client, peer, &mut user).await,
                         Err(_) => End::Closed("TLS handshake with the client failed"),
                     },
@@ -206,7 +215,8 @@ async fn run(
     };
     let mut up = Some(up);
     let policy = Policy {
-        max_size: ctx.max_size,
+        max_size: ctx.limits.message_size,
+        max_recipients: ctx.limits.max_recipients,
         auth: "",
         offer_starttls: false,
     };
@@ -241,7 +251,7 @@ async fn run(
     }
 
     loop {
-        let line = match read_client(client, session.max_line(), limits::SMTP_COMMAND_IDLE).await {
+        let line = match read_client(client, session.max_line(), ctx.timeouts.client_idle).await {
             Ok(Some(line)) => line,
             Ok(None) => {
                 let a = session.on_too_long();
@@ -298,7 +308,11 @@ async fn run(
                     let Some(config) = &ctx.acceptor else {
                         return End::Closed("internal: STARTTLS without a certificate");
                     };
-                    if client.upgrade_server(config).await.is_err() {
+                    if client
+                        .upgrade_server(config, ctx.timeouts.tls_handshake)
+                        .await
+                        .is_err()
+                    {
                         return End::Closed("TLS handshake with the client failed");
                     }
                     session.on_tls();
@@ -334,7 +348,7 @@ async fn run(
                         let _ = write_client(client, UPSTREAM_LOST).await;
                         return End::Closed("upstream lost earlier");
                     };
-                    let reply = match command(conn, &fwd.line, limits::SMTP_REPLY_TIMEOUT).await {
+                    let reply = match command(conn, &fwd.line, ctx.timeouts.upstream_reply).await {
                         Ok(r) => r,
                         Err(e) => {
                             let _ = write_client(client, UPSTREAM_LOST).await;
@@ -353,7 +367,7 @@ async fn run(
                     }
                     let started = Instant::now();
                     let rcpts = session.accepted_rcpts();
-                    let outcome = relay_data(client, conn, session.max_size()).await;
+                    let outcome = relay_data(client, conn, session.max_size(), &ctx.timeouts).await;
                     session.on_message_done();
                     let ms = started.elapsed().as_millis() as u64;
                     let answer: Cow<'static, [u8]> = match outcome {
@@ -497,14 +511,14 @@ enum DataOutcome {
 /// Every chunk is scanned before a byte of it is sent; bytes whose meaning
 /// depends on what follows (a trailing CR, a `.` at line start) are held
 /// back until resolved. The terminator is sent only when the client sent it.
-async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutcome {
+async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64, t: &Timeouts) -> DataOutcome {
     let mut scan = DataScanner::new();
     let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER + 2);
     let mut failure: Option<UpstreamError> = None;
     let mut too_big = false;
     loop {
         if client.buffered().is_empty() {
-            match tokio::time::timeout(limits::SMTP_DATA_BLOCK, client.fill()).await {
+            match tokio::time::timeout(t.data_block, client.fill()).await {
                 Ok(Ok(0)) => {
                     return DataOutcome::ClientGone {
                         why: "client closed the connection",
@@ -573,13 +587,7 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutc
     if let Some(error) = failure {
         return DataOutcome::UpstreamLost { error, bytes };
     }
-    match read_reply(
-        up,
-        limits::SMTP_FINAL_REPLY_TIMEOUT,
-        "the reply to the end of data",
-    )
-    .await
-    {
+    match read_reply(up, t.final_reply, "the reply to the end of data").await {
         Ok(reply) => DataOutcome::Relayed { reply, bytes },
         Err(error) => DataOutcome::UpstreamLost { error, bytes },
     }
@@ -590,14 +598,14 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64) -> DataOutc
 async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamSetup), (UpstreamError, bool)> {
     let up = &ctx.upstream;
     let conn = match (&ctx.tls, up.security) {
-        (Some(tls), Security::Tls) => {
-            upstream::connect_tls(&up.address, tls).await.map_err(|e| {
+        (Some(tls), Security::Tls) => upstream::connect_tls(&up.address, tls, &ctx.timeouts)
+            .await
+            .map_err(|e| {
                 let tls = matches!(e, UpstreamError::Tls(_));
                 (e, tls)
-            })?
-        }
+            })?,
         _ => Conn::new(Stream::Tcp(
-            upstream::connect_tcp(&up.address)
+            upstream::connect_tcp(&up.address, ctx.timeouts.connect)
                 .await
                 .map_err(|e| (e, false))?,
         )),
@@ -634,7 +642,7 @@ async fn drive(
     loop {
         step = match step {
             Step::Read => {
-                let reply = read_reply(&mut up, limits::UPSTREAM_REPLY_TIMEOUT, setup.phase())
+                let reply = read_reply(&mut up, ctx.timeouts.upstream_reply, setup.phase())
                     .await
                     .map_err(|e| (e, false))?;
                 setup.on_reply(&reply)
@@ -642,7 +650,7 @@ async fn drive(
             Step::Send(bytes) => {
                 // The bytes may hold a password or digest: log the phase only.
                 tracing::trace!(phase = setup.phase(), "sending to upstream");
-                let reply = command(&mut up, &bytes, limits::UPSTREAM_REPLY_TIMEOUT)
+                let reply = command(&mut up, &bytes, ctx.timeouts.upstream_reply)
                     .await
                     .map_err(|e| (e, false))?;
                 setup.on_reply(&reply)
@@ -656,7 +664,9 @@ async fn drive(
                         true,
                     ));
                 };
-                up = upstream::starttls(up, tls).await.map_err(|e| (e, true))?;
+                up = upstream::starttls(up, tls, &ctx.timeouts)
+                    .await
+                    .map_err(|e| (e, true))?;
                 tracing::debug!(tls = ?up.stream().tls_version(), "upstream STARTTLS done");
                 setup.on_tls()
             }

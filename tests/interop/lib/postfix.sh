@@ -197,8 +197,7 @@ postfix_start() {
   log "starting Postfix: postfix -c $PF_CONF start"
   if ! postfix -c "$PF_CONF" start >"$PF_DIR/start.out" 2>&1; then
     dump_file "postfix start output" "$PF_DIR/start.out"
-    dump_file "Postfix log" "$PF_LOG" 100
-    die "Postfix did not start"
+    die "Postfix did not start (its log follows)"
   fi
   deadline=$((SECONDS + 10))
   until pid=$(tr -d ' \n' <"$PF_QUEUE/pid/master.pid" 2>/dev/null) && [ -n "$pid" ]; do
@@ -207,8 +206,7 @@ postfix_start() {
   done
   state_set PF_PID "$pid"
   if ! wait_ports 20 "$pid" "$@"; then
-    dump_file "Postfix log" "$PF_LOG" 100
-    die "Postfix did not open its ports ($*)"
+    die "Postfix did not open its ports ($*; its log follows)"
   fi
   log "Postfix $(postconf -d -h mail_version) is up (pid $pid, log $PF_LOG)"
 }

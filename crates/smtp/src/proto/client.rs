@@ -302,6 +302,10 @@ impl ClientSession {
                 if !self.in_mail {
                     return reply("503 5.5.1 Need MAIL command first\r\n");
                 }
+                if self.accepted_rcpts >= self.policy.max_recipients {
+                    // RFC 5321 §4.5.3.1.10: the client sends the rest later.
+                    return reply("452 4.5.3 Too many recipients\r\n");
+                }
                 let mut line = Vec::with_capacity(64);
                 env.write_to(b"RCPT TO:", &mut line);
                 Action::Forward(Forward {
@@ -535,6 +539,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             max_size: 1000,
+            max_recipients: 2,
             auth: "",
             offer_starttls: false,
         }
@@ -659,6 +664,12 @@ mod tests {
         let (k, _) = fwd(s.on_line(b"RCPT TO:<ok@y>\r\n"));
         s.on_upstream(k, &r("250 2.1.5 Ok\r\n"));
         assert_eq!(s.accepted_rcpts(), 1);
+        let (k, _) = fwd(s.on_line(b"RCPT TO:<ok2@y>\r\n"));
+        s.on_upstream(k, &r("250 2.1.5 Ok\r\n"));
+        assert!(
+            text(s.on_line(b"RCPT TO:<three@y>\r\n")).starts_with("452 4.5.3"),
+            "the cap is 2 here"
+        );
         let (k, line) = fwd(s.on_line(b"DATA\r\n"));
         assert_eq!(line, "DATA\r\n");
         assert!(

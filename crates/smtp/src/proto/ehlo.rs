@@ -72,6 +72,8 @@ impl Extensions {
 pub struct Policy {
     /// The route's own message size limit.
     pub max_size: u64,
+    /// Recipients per message (`452 4.5.3` beyond it).
+    pub max_recipients: u32,
     /// The AUTH mechanisms to offer (`PLAIN LOGIN`, `... CRAM-MD5`), or
     /// empty for none.
     pub auth: &'static str,
@@ -165,16 +167,19 @@ mod tests {
         let bare = Extensions::default();
         let pass = Policy {
             max_size: 50_000,
+            max_recipients: 100,
             auth: "PLAIN LOGIN",
             offer_starttls: false,
         };
         let device = Policy {
             max_size: 5_000,
+            max_recipients: 100,
             auth: "",
             offer_starttls: false,
         };
         let before_tls = Policy {
             max_size: 50_000,
+            max_recipients: 100,
             auth: "",
             offer_starttls: true,
         };
