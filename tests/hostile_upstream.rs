@@ -223,3 +223,19 @@ async fn early_talkers_are_refused() {
     assert!(r.starts_with("-ERR"), "{r}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_tls_client_on_a_plain_port_is_closed_quietly() {
+    let up = slow_greeting(b"220 hi\r\n", vec![b"250 fake\r\n"]).await;
+    let gw = start(&smtp(up)).await;
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    // The start of a TLS 1.2 ClientHello record.
+    c.send_raw(&[
+        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
+    ])
+    .await
+    .expect("hello");
+    let (rest, _) = c.read_to_close().await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    gw.stop().await;
+}

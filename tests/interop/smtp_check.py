@@ -589,6 +589,7 @@ def pipelined_session(R, a):
            + f"MAIL FROM:<{a.sender}> BODY=8BITMIME SMTPUTF8\r\nRCPT TO:<{a.rcpt}>\r\nDATA\r\n".encode())
     got = [r.reply() for _ in range(4)]
     R.equal("pipelined end-of-data MAIL RCPT DATA answered 250 250 250 354", [c for c, _, _ in got], [250, 250, 250, 354])
+    R.record(b"queued as" in got[0][2], "the end-of-data reply is Postfix's own ('queued as')", shorten(got[0][2]))
     r.send(dot_stuff(m2.wire) + b".\r\nQUIT\r\n")
     got = [r.reply() for _ in range(2)]
     R.equal("pipelined end-of-data QUIT answered 250 221", [c for c, _, _ in got], [250, 221])

@@ -5,13 +5,13 @@
 pub mod acl;
 pub mod config;
 pub mod credentials;
-pub mod http;
 pub mod io;
 pub mod limits;
 pub mod proxy;
 pub mod sasl;
 pub mod secret;
 pub mod server;
+pub mod sniff;
 pub mod tls;
 pub mod upstream;
 

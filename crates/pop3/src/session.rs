@@ -199,6 +199,10 @@ async fn run(
     };
     // An early talker sends before the greeting: real clients wait.
     if client.has_pending_input().await {
+        if postern_core::sniff::looks_like_tls(client.buffered()) {
+            // A TLS client on a plain port: nothing it could read.
+            return End::ClientGone("TLS handshake on a plain port");
+        }
         let _ = write_client(
             client,
             b"-ERR Protocol error: data sent before the greeting\r\n",

@@ -239,6 +239,10 @@ async fn run(
     // An early talker sends before the greeting: a spam bot or a
     // desynchronised client. Real clients wait.
     if client.has_pending_input().await {
+        if postern_core::sniff::looks_like_tls(client.buffered()) {
+            // A TLS client on a plain port: nothing it could read.
+            return End::Closed("TLS handshake on a plain port");
+        }
         let _ = write_client(
             client,
             b"554 5.5.1 postern: protocol error: data sent before the greeting; closing\r\n",

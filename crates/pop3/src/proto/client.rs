@@ -147,7 +147,7 @@ impl Authorization {
 
     /// Handles one complete line from the client.
     pub fn on_line(&mut self, line: &[u8]) -> Step {
-        if postern_core::http::looks_like_http(line) {
+        if postern_core::sniff::looks_like_http(line) {
             return Step::Close(b"-ERR This is a POP3 service, not a web server\r\n");
         }
         match std::mem::replace(&mut self.state, State::Idle) {

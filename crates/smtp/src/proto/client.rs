@@ -248,7 +248,7 @@ impl ClientSession {
 
     /// Handles one complete line from the client.
     pub fn on_line(&mut self, line: &[u8]) -> Action {
-        if postern_core::http::looks_like_http(line) {
+        if postern_core::sniff::looks_like_http(line) {
             return Action::Close(
                 b"500 5.5.1 This is an SMTP service, not a web server; closing\r\n",
             );
