@@ -233,6 +233,37 @@ impl Conn {
         }
     }
 
+    /// Reads one line from a client within `idle`: `Ok(None)` if it was too
+    /// long (already discarded); `Err` with the reason when the client is
+    /// gone or idle too long.
+    pub async fn read_line_within(
+        &mut self,
+        max: usize,
+        idle: std::time::Duration,
+    ) -> Result<Option<Vec<u8>>, &'static str> {
+        match tokio::time::timeout(idle, self.read_line(max)).await {
+            Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
+            Ok(Ok(LineRead::TooLong)) => Ok(None),
+            Ok(Ok(LineRead::Eof)) => Err("client closed the connection"),
+            Ok(Err(_)) => Err("client connection failed"),
+            Err(_) => Err("client idle timeout"),
+        }
+    }
+
+    /// Writes to a client within `limit`; `Err` with the reason if it is
+    /// gone or stopped reading.
+    pub async fn write_within(
+        &mut self,
+        bytes: &[u8],
+        limit: std::time::Duration,
+    ) -> Result<(), &'static str> {
+        match tokio::time::timeout(limit, self.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("client connection failed"),
+            Err(_) => Err("client stopped reading"),
+        }
+    }
+
     /// Writes all bytes and flushes them (TLS needs the flush).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await?;

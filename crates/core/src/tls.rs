@@ -57,6 +57,49 @@ pub enum TlsSetupError {
     NoRoots,
 }
 
+/// A route's TLS, prepared once at start-up: the listener's server
+/// configuration (if the listen side is TLS or STARTTLS) and the upstream
+/// client configuration with its name (if the upstream side is).
+#[derive(Debug, Clone)]
+pub struct RouteTls {
+    /// For the listen side.
+    pub listen: Option<Arc<ServerConfig>>,
+    /// For the upstream side.
+    pub upstream: Option<crate::upstream::TlsTarget>,
+}
+
+impl RouteTls {
+    /// Loads certificates, keys and roots for a route.
+    pub fn prepare(route: &crate::config::Route) -> Result<Self, TlsSetupError> {
+        use crate::config::Security;
+        let l = &route.listen.0;
+        let listen = match (l.security, &l.certificate, &l.key) {
+            (Security::None, _, _) => None,
+            (_, Some(cert), Some(key)) => Some(server_config(cert, key)?),
+            _ => return Err(TlsSetupError::MissingCertificate),
+        };
+        let upstream = match route.upstream.security {
+            Security::None => None,
+            _ => Some(crate::upstream::TlsTarget {
+                config: client_config(&route.upstream)?,
+                name: server_name(&route.upstream)?,
+            }),
+        };
+        Ok(Self { listen, upstream })
+    }
+}
+
+/// The listen side's TLS situation, as the protocol machines see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenTls {
+    /// The listener offers STLS/STARTTLS.
+    pub starttls: bool,
+    /// The connection is encrypted (implicit TLS, or after an upgrade).
+    pub active: bool,
+    /// Logins are refused (and not advertised) before TLS.
+    pub required_for_auth: bool,
+}
+
 /// The crypto provider postern uses everywhere.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

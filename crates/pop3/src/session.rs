@@ -24,7 +24,7 @@ use postern_core::credentials::{fresh_msg_id, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream};
 use postern_core::limits::{self, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
-use postern_core::tls::{self, TlsSetupError};
+use postern_core::tls::RouteTls;
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -62,18 +62,10 @@ impl Pop3Frontend {
     /// Prepares a route: builds its TLS configurations once.
     pub fn new(route: &Route, timeouts: Timeouts) -> Result<Self, SetupError> {
         let listen = route.listen.0.clone();
-        let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
-            (Security::None, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
-            _ => return Err(TlsSetupError::MissingCertificate.into()),
-        };
-        let tls = match route.upstream.security {
-            Security::None => None,
-            _ => Some(TlsTarget {
-                config: tls::client_config(&route.upstream)?,
-                name: tls::server_name(&route.upstream)?,
-            }),
-        };
+        let RouteTls {
+            listen: acceptor,
+            upstream: tls,
+        } = RouteTls::prepare(route)?;
         Ok(Self {
             ctx: Arc::new(RouteContext {
                 name: route.name.clone(),
@@ -228,7 +220,10 @@ async fn run(
 
     // AUTHORIZATION: every login the client gives is tried upstream.
     loop {
-        let line = match read_client(client, auth.max_line(), ctx.timeouts.client_login).await {
+        let line = match client
+            .read_line_within(auth.max_line(), ctx.timeouts.client_login)
+            .await
+        {
             Ok(Some(line)) => line,
             Ok(None) => {
                 let step = auth.on_too_long();
@@ -515,28 +510,8 @@ async fn write_upstream(up: &mut Conn, bytes: &[u8]) -> Result<(), UpstreamError
     .await
 }
 
-/// Reads one client line: `Ok(None)` if it was too long (already discarded),
-/// `Err` when the client is gone or idle too long.
-async fn read_client(
-    client: &mut Conn,
-    max: usize,
-    idle: Duration,
-) -> Result<Option<Vec<u8>>, &'static str> {
-    match tokio::time::timeout(idle, client.read_line(max)).await {
-        Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
-        Ok(Ok(LineRead::TooLong)) => Ok(None),
-        Ok(Ok(_)) => Err("client closed the connection"),
-        Ok(Err(_)) => Err("client connection failed"),
-        Err(_) => Err("client idle timeout"),
-    }
-}
-
 async fn write_client(client: &mut Conn, bytes: &[u8]) -> Result<(), &'static str> {
-    match tokio::time::timeout(limits::WRITE_TIMEOUT, client.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("client connection failed"),
-        Err(_) => Err("client stopped reading"),
-    }
+    client.write_within(bytes, limits::WRITE_TIMEOUT).await
 }
 
 async fn reply_step(client: &mut Conn, step: client::Step) -> Result<(), &'static str> {
@@ -550,7 +525,10 @@ async fn reply_step(client: &mut Conn, step: client::Step) -> Result<(), &'stati
 async fn transaction(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> End {
     let mut cmd = Vec::with_capacity(64);
     loop {
-        let line = match read_client(client, MAX_COMMAND_LINE, t.client_idle).await {
+        let line = match client
+            .read_line_within(MAX_COMMAND_LINE, t.client_idle)
+            .await
+        {
             Ok(Some(line)) => line,
             Ok(None) => {
                 if let Err(why) = write_client(client, b"-ERR Line too long\r\n").await {

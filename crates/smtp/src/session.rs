@@ -24,7 +24,7 @@ use postern_core::credentials::{fresh_msg_id, ClientAuth, CredentialSource, Refu
 use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
 use postern_core::limits::{self, Limits, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
-use postern_core::tls::{self, TlsSetupError};
+use postern_core::tls::RouteTls;
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -60,18 +60,10 @@ impl SmtpFrontend {
     /// Prepares a route: builds its TLS configurations once.
     pub fn new(route: &Route, timeouts: Timeouts, limits: Limits) -> Result<Self, SetupError> {
         let listen = route.listen.0.clone();
-        let acceptor = match (&listen.security, &listen.certificate, &listen.key) {
-            (Security::None, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
-            _ => return Err(TlsSetupError::MissingCertificate.into()),
-        };
-        let tls = match route.upstream.security {
-            Security::None => None,
-            _ => Some(TlsTarget {
-                config: tls::client_config(&route.upstream)?,
-                name: tls::server_name(&route.upstream)?,
-            }),
-        };
+        let RouteTls {
+            listen: acceptor,
+            upstream: tls,
+        } = RouteTls::prepare(route)?;
         Ok(Self {
             ctx: Arc::new(RouteContext {
                 name: route.name.clone(),
@@ -255,7 +247,10 @@ async fn run(
     }
 
     loop {
-        let line = match read_client(client, session.max_line(), ctx.timeouts.client_idle).await {
+        let line = match client
+            .read_line_within(session.max_line(), ctx.timeouts.client_idle)
+            .await
+        {
             Ok(Some(line)) => line,
             Ok(None) => {
                 let a = session.on_too_long();
@@ -729,25 +724,6 @@ async fn read_reply(
     }
 }
 
-/// Reads one client line: `Ok(None)` if it was too long (already discarded).
-async fn read_client(
-    client: &mut Conn,
-    max: usize,
-    idle: Duration,
-) -> Result<Option<Vec<u8>>, &'static str> {
-    match tokio::time::timeout(idle, client.read_line(max)).await {
-        Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
-        Ok(Ok(LineRead::TooLong)) => Ok(None),
-        Ok(Ok(_)) => Err("client closed the connection"),
-        Ok(Err(_)) => Err("client connection failed"),
-        Err(_) => Err("client idle timeout"),
-    }
-}
-
 async fn write_client(client: &mut Conn, bytes: &[u8]) -> Result<(), &'static str> {
-    match tokio::time::timeout(limits::WRITE_TIMEOUT, client.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("client connection failed"),
-        Err(_) => Err("client stopped reading"),
-    }
+    client.write_within(bytes, limits::WRITE_TIMEOUT).await
 }

@@ -57,12 +57,11 @@ smtp_prepare() {
   postfix_add_smtpd cram "$PF_CRAM" \
     -o smtpd_sasl_auth_enable=yes -o smtpd_tls_security_level=none \
     -o smtpd_sasl_security_options=noanonymous,noplaintext
-  # Submission: STARTTLS required, AUTH offered only after it.
-  local name
-  for name in sub-plain sub-login; do
-    local var=PF_SUB_PLAIN
-    [ "$name" = sub-login ] && var=PF_SUB_LOGIN
-    postfix_add_smtpd "$name" "${!var}" \
+  # Submission, one port per route: STARTTLS required, AUTH only after it.
+  local name port
+  for name in sub-plain:"$PF_SUB_PLAIN" sub-login:"$PF_SUB_LOGIN"; do
+    port=${name#*:} name=${name%%:*}
+    postfix_add_smtpd "$name" "$port" \
       -o smtpd_sasl_auth_enable=yes -o smtpd_tls_security_level=encrypt \
       -o smtpd_tls_auth_only=yes
   done

@@ -44,16 +44,7 @@ pub enum Step {
     StartTls,
 }
 
-/// The listen side's TLS situation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenTls {
-    /// The listener offers STLS.
-    pub starttls: bool,
-    /// The connection is encrypted (implicit TLS, or after STLS).
-    pub active: bool,
-    /// Logins are refused before TLS.
-    pub required_for_auth: bool,
-}
+pub use postern_core::tls::ListenTls;
 
 #[derive(Debug)]
 enum State {

@@ -48,16 +48,7 @@ pub enum Action {
     StartTls,
 }
 
-/// The listen side's TLS situation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenTls {
-    /// The listener offers STARTTLS.
-    pub starttls: bool,
-    /// The connection is encrypted (implicit TLS, or after STARTTLS).
-    pub active: bool,
-    /// AUTH is refused (and not advertised) before TLS.
-    pub required_for_auth: bool,
-}
+pub use postern_core::tls::ListenTls;
 
 /// A command to forward.
 #[derive(Debug)]
