@@ -483,6 +483,11 @@ async fn size_limits_follow_the_upstream() {
     let r = c.read_smtp_reply().await.expect("final");
     assert!(r[0].starts_with("552 5.3.4"), "{r:?}");
     assert!(up.fake.messages().is_empty());
+    let r = c.smtp_command("MAIL FROM:<a@x>").await.expect("next");
+    assert!(
+        r[0].starts_with("421") && r[0].contains("oversized"),
+        "{r:?}"
+    );
     gw.stop().await;
 }
 

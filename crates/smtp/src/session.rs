@@ -139,6 +139,8 @@ const BLOCKED: &[u8] =
     b"421 4.7.0 postern: too many failed logins from your address; try again later\r\n";
 const DEVICE_REFUSED: &[u8] =
     b"421 4.7.0 postern: the mail server is refusing this device's account for now; try again later\r\n";
+const TOO_BIG_CLOSED: &[u8] =
+    b"421 4.3.4 postern: the mail server connection was closed to refuse the oversized message; reconnect to send more\r\n";
 const UPSTREAM_LOST: &[u8] =
     b"421 4.4.2 postern: the connection to the mail server was lost; closing\r\n";
 
@@ -206,6 +208,8 @@ async fn run(
         }
     };
     let mut up = Some(up);
+    // What a client hears if it goes on after the upstream was dropped.
+    let mut lost: &'static [u8] = UPSTREAM_LOST;
     let policy = Policy {
         max_size: ctx.limits.message_size,
         max_recipients: ctx.limits.max_recipients,
@@ -319,7 +323,7 @@ async fn run(
                 }
                 Action::Login(login) => {
                     let Some(conn) = up.take() else {
-                        let _ = write_client(client, UPSTREAM_LOST).await;
+                        let _ = write_client(client, lost).await;
                         return End::Closed("upstream lost earlier");
                     };
                     let outcome =
@@ -344,7 +348,7 @@ async fn run(
                 }
                 Action::Forward(fwd) => {
                     let Some(conn) = up.as_mut() else {
-                        let _ = write_client(client, UPSTREAM_LOST).await;
+                        let _ = write_client(client, lost).await;
                         return End::Closed("upstream lost earlier");
                     };
                     let reply = match command(conn, &fwd.line, ctx.timeouts.upstream_reply).await {
@@ -358,7 +362,7 @@ async fn run(
                 }
                 Action::Data(go_ahead) => {
                     let Some(conn) = up.as_mut() else {
-                        let _ = write_client(client, UPSTREAM_LOST).await;
+                        let _ = write_client(client, lost).await;
                         return End::Closed("upstream lost earlier");
                     };
                     if let Err(why) = write_client(client, &go_ahead).await {
@@ -392,7 +396,10 @@ async fn run(
                                 ms,
                                 "message refused: larger than the SIZE limit"
                             );
+                            // The only way to abandon DATA upstream is to
+                            // drop the connection; the next command is told.
                             up = None;
+                            lost = TOO_BIG_CLOSED;
                             Cow::Borrowed(
                                 b"552 5.3.4 Message size exceeds fixed maximum message size\r\n",
                             )
