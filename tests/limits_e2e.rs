@@ -157,3 +157,77 @@ async fn idle_clients_before_login_are_dropped() {
     );
     gw.stop().await;
 }
+
+/// A client that stops reading a large RETR: postern's writes wait at most
+/// `timeouts.write`, then the session ends (upstream dropped without QUIT)
+/// instead of buffering the message.
+#[tokio::test]
+async fn a_slow_reader_is_dropped_not_buffered_for() {
+    let body: Vec<u8> = (0..400_000)
+        .flat_map(|i| format!("line {i:08}\r\n").into_bytes())
+        .collect();
+    let fake = FakePop3::start(Pop3Script::new().credentials("a", "b").message(body)).await;
+    let yaml = format!(
+        "routes:\n{}    timeouts: {{ write: 1s }}\n",
+        common::pop3_route("p", fake.addr(), "none", "apop", "")
+    );
+    let gw = start(&yaml).await;
+    let mut c = LineClient::connect(gw.addr("p")).await.expect("connect");
+    c.read_line().await.expect("greeting");
+    c.command("USER a").await.expect("user");
+    assert!(c.command("PASS b").await.expect("pass").starts_with("+OK"));
+    c.send("RETR 1").await.expect("retr");
+    // Never read again: postern must give up within a few seconds.
+    let dropped = fake
+        .wait_for(
+            |e| matches!(e, postern_testkit::Pop3Event::ClosedWithoutQuit),
+            Duration::from_secs(15),
+        )
+        .await;
+    assert!(
+        dropped.is_some(),
+        "postern kept the session of a client that stopped reading"
+    );
+    drop(c);
+    gw.stop().await;
+}
+
+/// An upstream that accepts TCP but never speaks (or black-holes SYNs):
+/// the client gets a fast temporary error, bounded by the configured
+/// deadlines.
+#[tokio::test]
+async fn a_black_hole_upstream_gives_a_fast_temporary_error() {
+    // A listener that never accepts, with its queue filled.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let hole = socket.local_addr().expect("addr");
+    let _listener = socket.listen(1).expect("listen");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(hole),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let yaml = format!(
+        "routes:\n{}    timeouts: {{ connect: 500ms, upstream_reply: 500ms }}\n",
+        common::pop3_route("p", hole, "none", "apop", "")
+    );
+    let gw = start(&yaml).await;
+    let started = Instant::now();
+    let mut c = LineClient::connect(gw.addr("p")).await.expect("connect");
+    let r = c.read_line().await.expect("greeting");
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    gw.stop().await;
+}

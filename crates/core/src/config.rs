@@ -57,6 +57,8 @@ pub struct TimeoutsConfig {
     pub data_block: Option<Dur>,
     /// SMTP: the upstream's reply to the end of data (keep it under the client's 10 minutes).
     pub final_reply: Option<Dur>,
+    /// Writing to a peer that does not read (a slow reader is dropped, not buffered for).
+    pub write: Option<Dur>,
 }
 
 impl TimeoutsConfig {
@@ -79,6 +81,7 @@ impl TimeoutsConfig {
             set(&mut base.client_idle, c.client_idle);
             set(&mut base.data_block, c.data_block);
             set(&mut base.final_reply, c.final_reply);
+            set(&mut base.write, c.write);
         }
         base
     }

@@ -132,6 +132,7 @@ pub struct Conn {
     stream: Stream,
     buf: Vec<u8>,
     start: usize,
+    write_timeout: std::time::Duration,
 }
 
 impl Conn {
@@ -141,7 +142,18 @@ impl Conn {
             stream,
             buf: Vec::with_capacity(READ_BUFFER),
             start: 0,
+            write_timeout: crate::limits::WRITE_TIMEOUT,
         }
+    }
+
+    /// How long a write may wait for a peer that does not read.
+    pub fn write_timeout(&self) -> std::time::Duration {
+        self.write_timeout
+    }
+
+    /// Sets the write deadline (`timeouts.write`).
+    pub fn set_write_timeout(&mut self, limit: std::time::Duration) {
+        self.write_timeout = limit;
     }
 
     /// The stream, e.g. to ask whether it is TLS.
@@ -250,14 +262,11 @@ impl Conn {
         }
     }
 
-    /// Writes to a client within `limit`; `Err` with the reason if it is
-    /// gone or stopped reading.
-    pub async fn write_within(
-        &mut self,
-        bytes: &[u8],
-        limit: std::time::Duration,
-    ) -> Result<(), &'static str> {
-        match tokio::time::timeout(limit, self.write_all(bytes)).await {
+    /// Writes to a client within the write deadline; `Err` with the reason
+    /// if it is gone or stopped reading (a slow reader cannot make postern
+    /// buffer: each write waits, then gives up).
+    pub async fn write_within(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        match tokio::time::timeout(self.write_timeout, self.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err("client connection failed"),
             Err(_) => Err("client stopped reading"),
@@ -287,6 +296,7 @@ impl Conn {
         if !self.buffered().is_empty() {
             return Err(UpgradeError::BytesAfterGoAhead);
         }
+        let self_write_timeout = self.write_timeout;
         let Stream::Tcp(tcp) = self.stream else {
             return Err(UpgradeError::AlreadyTls);
         };
@@ -294,7 +304,9 @@ impl Conn {
             .connect(name, tcp)
             .await
             .map_err(UpgradeError::Handshake)?;
-        Ok(Conn::new(Stream::TlsClient(Box::new(tls))))
+        let mut conn = Conn::new(Stream::TlsClient(Box::new(tls)));
+        conn.write_timeout = self_write_timeout;
+        Ok(conn)
     }
 }
 

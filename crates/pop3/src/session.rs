@@ -98,6 +98,7 @@ impl Frontend for Pop3Frontend {
             async move {
                 let started = Instant::now();
                 let mut client = Conn::new(Stream::Tcp(stream));
+                client.set_write_timeout(ctx.timeouts.write);
                 let mut user = None;
                 let end = match (&ctx.acceptor, ctx.listen.security) {
                     (Some(acceptor), Security::Tls) => match client.upgrade_server(acceptor, ctx.timeouts.tls_handshake).await {
@@ -391,6 +392,8 @@ async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamLogin), UpstreamEr
             upstream::connect_tcp(&up.address, ctx.timeouts.connect).await?,
         )),
     };
+    let mut conn = conn;
+    conn.set_write_timeout(ctx.timeouts.write);
     let mut machine = UpstreamLogin::new(up.security, up.auth);
     let first = machine.start();
     let (conn, step) = drive(ctx, conn, &mut machine, first).await?;
@@ -503,7 +506,7 @@ async fn write_upstream(up: &mut Conn, bytes: &[u8]) -> Result<(), UpstreamError
         ));
     }
     upstream::deadline(
-        limits::WRITE_TIMEOUT,
+        up.write_timeout(),
         "writing to the server",
         up.write_all(bytes),
     )
@@ -511,7 +514,7 @@ async fn write_upstream(up: &mut Conn, bytes: &[u8]) -> Result<(), UpstreamError
 }
 
 async fn write_client(client: &mut Conn, bytes: &[u8]) -> Result<(), &'static str> {
-    client.write_within(bytes, limits::WRITE_TIMEOUT).await
+    client.write_within(bytes).await
 }
 
 async fn reply_step(client: &mut Conn, step: client::Step) -> Result<(), &'static str> {

@@ -96,6 +96,7 @@ impl Frontend for SmtpFrontend {
             async move {
                 let started = Instant::now();
                 let mut client = Conn::new(Stream::Tcp(stream));
+                client.set_write_timeout(ctx.timeouts.write);
                 let mut user = None;
                 let end = match (&ctx.acceptor, ctx.listen.security) {
                     (Some(config), Security::Tls) => match client
@@ -571,7 +572,7 @@ async fn relay_data(client: &mut Conn, up: &mut Conn, max_size: u64, t: &Timeout
             };
             if send > 0 {
                 let written = upstream::deadline(
-                    limits::WRITE_TIMEOUT,
+                    up.write_timeout(),
                     "sending message data",
                     up.write_all(&out[..send]),
                 )
@@ -616,6 +617,8 @@ async fn connect(ctx: &RouteContext) -> Result<(Conn, UpstreamSetup), (UpstreamE
                 .map_err(|e| (e, false))?,
         )),
     };
+    let mut conn = conn;
+    conn.set_write_timeout(ctx.timeouts.write);
     let ehlo_name = match conn.stream().local_addr().map(|a| a.ip()) {
         Ok(IpAddr::V4(ip)) => format!("[{ip}]"),
         Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
@@ -692,7 +695,7 @@ async fn command(up: &mut Conn, line: &[u8], timeout: Duration) -> Result<Reply,
         ));
     }
     upstream::deadline(
-        limits::WRITE_TIMEOUT,
+        up.write_timeout(),
         "writing to the server",
         up.write_all(line),
     )
@@ -732,5 +735,5 @@ async fn read_reply(
 }
 
 async fn write_client(client: &mut Conn, bytes: &[u8]) -> Result<(), &'static str> {
-    client.write_within(bytes, limits::WRITE_TIMEOUT).await
+    client.write_within(bytes).await
 }
