@@ -3,8 +3,9 @@
 # Real-server interop test for postern: private Dovecot and Postfix on
 # 127.0.0.1, postern POP3 and SMTP routes in every upstream mode in front of
 # them, real legacy clients (Python poplib and smtplib, raw sockets, curl,
-# swaks) on the other side. Everything runs on loopback in one mktemp -d
-# directory that is removed at exit.
+# swaks, fetchmail, openssl s_client) on the other side, plus postern's
+# LAN-relay features (TLS listeners, stored accounts, devices). Everything
+# runs on loopback in one mktemp -d directory that is removed at exit.
 #
 # Usage:
 #   tests/interop/run.sh                  full run (CI); exit 0 only if all pass
@@ -22,10 +23,11 @@
 #   INTEROP_MAIL_UID=N          uid owning the Maildirs (default 40125)
 #
 # Needs root on a Debian-like system (it installs Dovecot, Postfix, swaks,
-# curl, openssl, python3 when missing). Suites live in suites/*.sh; adding
-# one means writing suites/NAME.sh with the same functions as
-# suites/pop3.sh and adding NAME to SUITES below (smtp reads its mail back
-# through pop3's routes, so it comes after pop3).
+# curl, openssl, fetchmail, libnet-ssleay-perl, python3 when missing).
+# Suites live in suites/*.sh; adding one means writing suites/NAME.sh with
+# the same functions as suites/pop3.sh and adding NAME to SUITES below
+# (smtp reads its mail back through pop3's routes, so it comes after pop3;
+# lan adds to pop3's Dovecot and smtp's Postfix, so it comes after both).
 set -Eeuo pipefail
 
 # dovecot and doveadm live in /usr/sbin, which a CI runner's PATH may lack.
@@ -33,7 +35,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.." && pwd))
 
-SUITES=(pop3 smtp)
+SUITES=(pop3 smtp lan)
 
 # shellcheck source=lib/common.sh
 source "$HERE/lib/common.sh"

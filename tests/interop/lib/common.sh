@@ -105,7 +105,8 @@ state_set() {
 
 # ---------------------------------------------------------------- packages
 # apt_need WHAT:PACKAGE ...  installs each package whose WHAT is missing;
-# WHAT is a command name or an absolute path of a file the package ships.
+# WHAT is a command name, an absolute path of a file the package ships, or
+# a Perl module file (Net/SSLeay.pm) that perl must be able to load.
 APT_UPDATED=
 apt_need() {
   local want=() spec what pkg
@@ -113,6 +114,7 @@ apt_need() {
     what=${spec%%:*} pkg=${spec#*:}
     case $what in
       /*) [ -e "$what" ] || want+=("$pkg") ;;
+      *.pm) perl -e "require '$what'" >/dev/null 2>&1 || want+=("$pkg") ;;
       *) command -v "$what" >/dev/null 2>&1 || want+=("$pkg") ;;
     esac
   done
