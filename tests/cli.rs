@@ -280,3 +280,27 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         .status();
     let _ = child.wait();
 }
+
+/// A listener that cannot bind names the route, the address and the reason.
+#[test]
+fn a_busy_listen_address_is_named_with_the_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = TempDir::new("postern-cli-bind");
+    let file = dir.write(
+        "p.yaml",
+        format!("routes:\n  - name: busy\n    protocol: pop3\n    listen: {addr}\n    upstream: {{ address: h:110, security: none, auth: apop }}\n"),
+    );
+    let out = postern()
+        .args(["run", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("busy") && stderr.contains(&addr.to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}
