@@ -148,6 +148,7 @@ pub fn route_table(config: &Config) -> String {
         "UPSTREAM".to_owned(),
         "SECURITY".to_owned(),
         "AUTH".to_owned(),
+        "CREDENTIALS".to_owned(),
         "ALLOW".to_owned(),
     ]];
     for r in &config.routes {
@@ -159,17 +160,30 @@ pub fn route_table(config: &Config) -> String {
                 .collect::<Vec<_>>()
                 .join(","),
         };
+        let listen = match r.listen.0.security {
+            postern_core::config::Security::None => r.listen.address().to_string(),
+            other => format!("{} ({other})", r.listen.address()),
+        };
+        let credentials = match &r.credentials {
+            postern_core::config::Credentials::Accounts(a) => format!(
+                "{} account(s){}",
+                a.accounts.len(),
+                if a.passthrough { " + passthrough" } else { "" }
+            ),
+            _ => "passthrough".to_owned(),
+        };
         rows.push([
             r.name.clone(),
             r.protocol.to_string(),
-            r.listen.address().to_string(),
+            listen,
             r.upstream.address.to_string(),
             r.upstream.security.to_string(),
             r.upstream.auth.to_string(),
+            credentials,
             allow,
         ]);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());

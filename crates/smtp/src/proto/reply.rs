@@ -54,7 +54,9 @@ fn line_code(line: &[u8]) -> Result<(u16, bool), ReplyError> {
         .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     match line[3] {
         b'-' => Ok((code, true)),
-        b' ' | b'\r' => Ok((code, false)),
+        b' ' => Ok((code, false)),
+        // A bare code: the line is exactly `ddd` CRLF.
+        b'\r' if line.len() == 5 => Ok((code, false)),
         _ => Err(ReplyError::Malformed),
     }
 }
@@ -149,11 +151,11 @@ impl Reply {
         let mut out = Vec::with_capacity(self.raw.len());
         for line in self.raw.split_inclusive(|c| *c == b'\n') {
             let line = line.strip_suffix(b"\r\n").unwrap_or(line);
-            let (head, text) = line.split_at(line.len().min(4));
-            out.extend_from_slice(head);
+            // The whole line, code included, goes through the filter: only
+            // the CRLF postern adds ends a line on the client side.
             out.extend(
-                text.iter()
-                    .take(506)
+                line.iter()
+                    .take(510)
                     .map(|&b| if b < 0x20 || b == 0x7f { b'?' } else { b }),
             );
             out.extend_from_slice(b"\r\n");
@@ -218,6 +220,8 @@ mod tests {
             (b"25O ok\r\n", ReplyError::Malformed),
             (b"250 ok\n", ReplyError::Malformed),
             (b"250xok\r\n", ReplyError::Malformed),
+            (b"250\rX\r\n", ReplyError::Malformed),
+            (b"250\r\r\n", ReplyError::Malformed),
             (b"650 ok\r\n", ReplyError::Malformed),
             (b"250 ok\r\n250 extra\r\n", ReplyError::Malformed),
             (b"+OK pop3\r\n", ReplyError::Malformed),
