@@ -14,7 +14,7 @@ use postern_core::acl::Acl;
 use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
 use postern_core::limits::Timeouts;
 use postern_core::server::SetupError;
-use postern_core::server::{BindError, Frontend, ListenOptions, Listener, Server};
+use postern_core::server::{BindError, Frontend, ListenOptions, Listener, Server, SessionBudget};
 use tokio_util::sync::CancellationToken;
 
 pub use postern_core::config;
@@ -51,6 +51,7 @@ impl Gateway {
     /// contacted: each session resolves and connects afresh.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
         let mut listeners = Vec::with_capacity(config.routes.len());
+        let budget = SessionBudget::new(config.limits.resolve(&Default::default()).total_sessions);
         for route in &config.routes {
             let limits = config.limits.resolve(&route.limits);
             let frontend: Arc<dyn Frontend> = match route.protocol {
@@ -89,6 +90,7 @@ impl Gateway {
                         max_sessions: limits.sessions,
                         max_per_client: limits.sessions_per_client,
                     },
+                    budget.clone(),
                 )
                 .await?,
             );

@@ -231,3 +231,37 @@ async fn a_black_hole_upstream_gives_a_fast_temporary_error() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn total_sessions_across_routes() {
+    let fake = FakePop3::start(Pop3Script::new()).await;
+    let yaml = format!(
+        "limits: {{ total_sessions: 1 }}\nroutes:\n{}{}",
+        common::pop3_route("a", fake.addr(), "none", "apop", ""),
+        common::pop3_route("b", fake.addr(), "none", "apop", "")
+    );
+    let gw = start(&yaml).await;
+    let mut first = LineClient::connect(gw.addr("a")).await.expect("connect");
+    assert!(first
+        .read_line()
+        .await
+        .expect("greeting")
+        .starts_with("+OK"));
+    let mut second = LineClient::connect(gw.addr("b")).await.expect("connect");
+    let r = second.read_line().await.expect("busy");
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    first.command("QUIT").await.expect("quit");
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = LineClient::connect(gw.addr("b")).await.expect("connect");
+    assert!(
+        third
+            .read_line()
+            .await
+            .expect("greeting")
+            .starts_with("+OK"),
+        "the place was not given back"
+    );
+    drop(third);
+    gw.stop().await;
+}

@@ -99,6 +99,8 @@ pub struct LimitsConfig {
     pub sessions: Option<usize>,
     /// Sessions at once from one client address on a route.
     pub sessions_per_client: Option<usize>,
+    /// Sessions at once across all routes (top level only).
+    pub total_sessions: Option<usize>,
 }
 
 impl LimitsConfig {
@@ -117,6 +119,9 @@ impl LimitsConfig {
             }
             if let Some(v) = c.sessions_per_client {
                 l.sessions_per_client = v;
+            }
+            if let Some(v) = c.total_sessions {
+                l.total_sessions = v;
             }
         }
         l
@@ -932,6 +937,12 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
                 );
             }
         }
+    }
+    if route.limits.total_sessions.is_some() {
+        p(
+            "limits.total_sessions",
+            "the total across all routes can only be set in the top-level `limits:`".to_owned(),
+        );
     }
     if let Credentials::Accounts(cfg) = &route.credentials {
         validate_accounts(route, cfg, p);

@@ -109,6 +109,8 @@ pub struct Limits {
     pub sessions: usize,
     /// Sessions at once from one client address on this route.
     pub sessions_per_client: usize,
+    /// Sessions at once across all routes.
+    pub total_sessions: usize,
 }
 
 impl Limits {
@@ -118,5 +120,6 @@ impl Limits {
         max_recipients: 100,
         sessions: 500,
         sessions_per_client: 50,
+        total_sessions: 2000,
     };
 }

@@ -50,10 +50,43 @@ pub struct ListenOptions {
     pub max_per_client: usize,
 }
 
-/// Counts running sessions, in total and per client address.
-#[derive(Debug, Default)]
+/// The gateway-wide cap on sessions, shared by every listener.
+#[derive(Debug)]
+pub struct SessionBudget {
+    running: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl SessionBudget {
+    /// A budget of `max` sessions at once across all routes.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            running: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let prev = self.running.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self) {
+        self.running
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Counts running sessions of one listener, in total and per client address.
+#[derive(Debug)]
 struct Sessions {
     by_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    budget: Arc<SessionBudget>,
 }
 
 /// One admitted session; dropping it frees its places.
@@ -68,7 +101,7 @@ impl Sessions {
         let mut map = self.by_client.lock().ok()?;
         let total: usize = map.values().sum();
         let mine = map.get(&ip).copied().unwrap_or(0);
-        if total >= o.max_sessions || mine >= o.max_per_client {
+        if total >= o.max_sessions || mine >= o.max_per_client || !self.budget.take() {
             return None;
         }
         *map.entry(ip).or_insert(0) += 1;
@@ -81,6 +114,7 @@ impl Sessions {
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
+        self.sessions.budget.give_back();
         if let Ok(mut map) = self.sessions.by_client.lock() {
             if let Some(n) = map.get_mut(&self.ip) {
                 *n -= 1;
@@ -133,6 +167,7 @@ impl Listener {
         acl: Acl,
         frontend: Arc<dyn Frontend>,
         options: ListenOptions,
+        budget: Arc<SessionBudget>,
     ) -> Result<Self, BindError> {
         let listener = TcpListener::bind(address)
             .await
@@ -147,7 +182,10 @@ impl Listener {
             acl: Arc::new(acl),
             frontend,
             options,
-            sessions: Arc::new(Sessions::default()),
+            sessions: Arc::new(Sessions {
+                by_client: std::sync::Mutex::new(std::collections::HashMap::new()),
+                budget,
+            }),
         })
     }
 
