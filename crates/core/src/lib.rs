@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod sasl;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod sniff;
 pub mod tls;
 pub mod upstream;

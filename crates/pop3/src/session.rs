@@ -24,6 +24,7 @@ use postern_core::credentials::{fresh_msg_id, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream};
 use postern_core::limits::{self, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
+use postern_core::session::{open_client, SessionEnd as End};
 use postern_core::tls::RouteTls;
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
@@ -97,49 +98,22 @@ impl Frontend for Pop3Frontend {
         Box::pin(
             async move {
                 let started = Instant::now();
-                let mut client = Conn::new(Stream::Tcp(stream));
-                client.set_write_timeout(ctx.timeouts.write);
+                let implicit = (ctx.listen.security == Security::Tls)
+                    .then_some(ctx.acceptor.as_ref())
+                    .flatten();
                 let mut user = None;
-                let end = match (&ctx.acceptor, ctx.listen.security) {
-                    (Some(acceptor), Security::Tls) => match client.upgrade_server(acceptor, ctx.timeouts.tls_handshake).await {
-                        Ok(()) => run(&ctx, &mut client, peer, &mut user).await,
-                        Err(_) => End::ClientGone("TLS handshake with the client failed"),
-                    },
-                    _ => run(&ctx, &mut client, peer, &mut user).await,
-                };
-                client.shutdown().await;
-                let ms = started.elapsed().as_millis() as u64;
-                let user = user.as_deref().unwrap_or("-");
-                match end {
-                    End::Quit => tracing::info!(user, ms, "session ended with QUIT"),
-                    End::ClientGone(why) => {
-                        tracing::info!(user, ms, why, "client left without QUIT; upstream dropped without QUIT, nothing deleted")
+                let end = match open_client(stream, implicit, &ctx.timeouts).await {
+                    Ok(mut client) => {
+                        let end = run(&ctx, &mut client, peer, &mut user).await;
+                        client.shutdown().await;
+                        end
                     }
-                    End::Upstream(e) => tracing::warn!(
-                        user,
-                        ms,
-                        upstream = %ctx.upstream.address,
-                        cause = %e,
-                        "session failed on the upstream side"
-                    ),
-                }
+                    Err(why) => End::Closed(why),
+                };
+                end.log(user.as_deref(), started, &ctx.upstream.address);
             }
             .instrument(span),
         )
-    }
-}
-
-/// How a session ended.
-#[derive(Debug)]
-enum End {
-    Quit,
-    ClientGone(&'static str),
-    Upstream(UpstreamError),
-}
-
-impl From<UpstreamError> for End {
-    fn from(e: UpstreamError) -> Self {
-        End::Upstream(e)
     }
 }
 
@@ -161,7 +135,7 @@ async fn run(
 ) -> End {
     if ctx.credentials.address_blocked(peer.ip()) {
         let _ = write_client(client, BLOCKED).await;
-        return End::ClientGone("address blocked after failed logins");
+        return End::Closed("address blocked after failed logins");
     }
     let (mut up, mut machine) = match connect(ctx).await {
         Ok(x) => x,
@@ -194,17 +168,17 @@ async fn run(
     if client.has_pending_input().await {
         if postern_core::sniff::looks_like_tls(client.buffered()) {
             // A TLS client on a plain port: nothing it could read.
-            return End::ClientGone("TLS handshake on a plain port");
+            return End::Closed("TLS handshake on a plain port");
         }
         let _ = write_client(
             client,
             b"-ERR Protocol error: data sent before the greeting\r\n",
         )
         .await;
-        return End::ClientGone("client talked before the greeting");
+        return End::Closed("client talked before the greeting");
     }
     if let Err(why) = write_client(client, greeting.as_bytes()).await {
-        return End::ClientGone(why);
+        return End::Closed(why);
     }
     let mut auth = Authorization::new(
         machine.capabilities().cloned(),
@@ -229,18 +203,18 @@ async fn run(
             Ok(None) => {
                 let step = auth.on_too_long();
                 if let Err(why) = reply_step(client, step).await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 continue;
             }
-            Err(why) => return End::ClientGone(why),
+            Err(why) => return End::Closed(why),
         };
         let login = match auth.on_line(&line) {
             client::Step::Login(login) => login,
             client::Step::Close(bytes) => {
                 tracing::warn!("the client sent an HTTP request; closing");
                 let _ = write_client(client, bytes).await;
-                return End::ClientGone("HTTP request on a POP3 port");
+                return End::Closed("HTTP request on a POP3 port");
             }
             client::Step::Quit => {
                 // Nothing to commit before login; tell the server politely.
@@ -254,27 +228,27 @@ async fn run(
                 // clear; it must not be read as coming from inside TLS.
                 if !client.buffered().is_empty() {
                     tracing::warn!("the client sent more after STLS in the same packet (command injection?); closing");
-                    return End::ClientGone("bytes after STLS");
+                    return End::Closed("bytes after STLS");
                 }
                 if let Err(why) = write_client(client, b"+OK Begin TLS negotiation\r\n").await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 let Some(acceptor) = &ctx.acceptor else {
-                    return End::ClientGone("internal: STLS without a certificate");
+                    return End::Closed("internal: STLS without a certificate");
                 };
                 if client
                     .upgrade_server(acceptor, ctx.timeouts.tls_handshake)
                     .await
                     .is_err()
                 {
-                    return End::ClientGone("TLS handshake with the client failed");
+                    return End::Closed("TLS handshake with the client failed");
                 }
                 auth.on_tls();
                 continue;
             }
             step => {
                 if let Err(why) = reply_step(client, step).await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 continue;
             }
@@ -292,12 +266,12 @@ async fn run(
                     }
                     Refusal::AddressBlocked => {
                         let _ = write_client(client, BLOCKED).await;
-                        return End::ClientGone("address blocked after failed logins");
+                        return End::Closed("address blocked after failed logins");
                     }
                     _ => STORED_REFUSED,
                 };
                 if let Err(why) = write_client(client, answer).await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 continue;
             }
@@ -314,7 +288,7 @@ async fn run(
             if !allowed {
                 tracing::warn!(user = %name, "APOP logins for this user are paused after repeated failures");
                 if let Err(why) = write_client(client, APOP_PAUSED).await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 continue;
             }
@@ -339,7 +313,7 @@ async fn run(
                 tracing::info!(user = %name, stored = account.is_some(), "logged in upstream");
                 *user = Some(name);
                 if let Err(why) = write_client(client, b"+OK Logged in\r\n").await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 break;
             }
@@ -366,7 +340,7 @@ async fn run(
                     },
                 };
                 if let Err(why) = write_client(client, answer).await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
             }
             other => {
@@ -535,12 +509,12 @@ async fn transaction(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> End {
             Ok(Some(line)) => line,
             Ok(None) => {
                 if let Err(why) = write_client(client, b"-ERR Line too long\r\n").await {
-                    return End::ClientGone(why);
+                    return End::Closed(why);
                 }
                 continue;
             }
             // RFC 1939 §3: an idle or vanished client never commits deletions.
-            Err(why) => return End::ClientGone(why),
+            Err(why) => return End::Closed(why),
         };
         let local: Cow<'static, [u8]> = match command::parse(&line) {
             Command::Transaction(tx) => {
@@ -568,7 +542,7 @@ async fn transaction(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> End {
             Command::Invalid(why) => Cow::Owned(format!("-ERR {why}\r\n").into_bytes()),
         };
         if let Err(why) = write_client(client, &local).await {
-            return End::ClientGone(why);
+            return End::Closed(why);
         }
     }
 }
@@ -590,7 +564,7 @@ async fn relay(
     };
     write_client(client, &sanitize_status(&status))
         .await
-        .map_err(End::ClientGone)?;
+        .map_err(End::Closed)?;
     if multiline && matches!(parse_status(&status), Some(Status::Ok(_))) {
         relay_body(client, up, t).await?;
     }
@@ -635,7 +609,7 @@ async fn relay_body(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> Result<()
         };
         write_client(client, &chunk[..take])
             .await
-            .map_err(End::ClientGone)?;
+            .map_err(End::Closed)?;
         up.consume(take);
         if done {
             return Ok(());
@@ -663,7 +637,7 @@ async fn relay_capa(client: &mut Conn, up: &mut Conn, t: &Timeouts) -> Result<()
         }
         _ => b"-ERR CAPA is not supported by the mail server\r\n".to_vec(),
     };
-    write_client(client, &answer).await.map_err(End::ClientGone)
+    write_client(client, &answer).await.map_err(End::Closed)
 }
 
 /// QUIT after login: the server commits deletions (UPDATE state) and its

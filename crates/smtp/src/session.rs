@@ -24,6 +24,7 @@ use postern_core::credentials::{fresh_msg_id, ClientAuth, CredentialSource, Refu
 use postern_core::io::{Conn, LineRead, Stream, READ_BUFFER};
 use postern_core::limits::{self, Limits, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
+use postern_core::session::{open_client, SessionEnd as End};
 use postern_core::tls::RouteTls;
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
@@ -95,45 +96,23 @@ impl Frontend for SmtpFrontend {
         Box::pin(
             async move {
                 let started = Instant::now();
-                let mut client = Conn::new(Stream::Tcp(stream));
-                client.set_write_timeout(ctx.timeouts.write);
+                let implicit = (ctx.listen.security == Security::Tls)
+                    .then_some(ctx.acceptor.as_ref())
+                    .flatten();
                 let mut user = None;
-                let end = match (&ctx.acceptor, ctx.listen.security) {
-                    (Some(config), Security::Tls) => match client
-                        .upgrade_server(config, ctx.timeouts.tls_handshake)
-                        .await
-                    {
-                        Ok(()) => run(&ctx, &mut client, peer, &mut user).await,
-                        Err(_) => End::Closed("TLS handshake with the client failed"),
-                    },
-                    _ => run(&ctx, &mut client, peer, &mut user).await,
+                let end = match open_client(stream, implicit, &ctx.timeouts).await {
+                    Ok(mut client) => {
+                        let end = run(&ctx, &mut client, peer, &mut user).await;
+                        client.shutdown().await;
+                        end
+                    }
+                    Err(why) => End::Closed(why),
                 };
-                client.shutdown().await;
-                let ms = started.elapsed().as_millis() as u64;
-                let user = user.as_deref().unwrap_or("-");
-                match end {
-                    End::Quit => tracing::info!(user, ms, "session ended with QUIT"),
-                    End::Closed(why) => tracing::info!(user, ms, why, "session closed"),
-                    End::Upstream(e) => tracing::warn!(
-                        user,
-                        ms,
-                        upstream = %ctx.upstream.address,
-                        cause = %e,
-                        "session failed on the upstream side"
-                    ),
-                }
+                end.log(user.as_deref(), started, &ctx.upstream.address);
             }
             .instrument(span),
         )
     }
-}
-
-/// How a session ended.
-#[derive(Debug)]
-enum End {
-    Quit,
-    Closed(&'static str),
-    Upstream(UpstreamError),
 }
 
 const BLOCKED: &[u8] =
