@@ -66,3 +66,26 @@ pub async fn open_client(
     }
     Ok(client)
 }
+
+/// Runs one client session from accept to the final log line: opens the
+/// client side (implicit TLS if set), runs the protocol's `run`, closes the
+/// client politely and logs how it ended. `run` records the logged-in user.
+pub async fn serve_client(
+    stream: TcpStream,
+    implicit_tls: Option<&Arc<rustls::ServerConfig>>,
+    timeouts: &Timeouts,
+    upstream: &HostPort,
+    run: impl AsyncFnOnce(&mut Conn, &mut Option<String>) -> SessionEnd,
+) {
+    let started = Instant::now();
+    let mut user = None;
+    let end = match open_client(stream, implicit_tls, timeouts).await {
+        Ok(mut client) => {
+            let end = run(&mut client, &mut user).await;
+            client.shutdown().await;
+            end
+        }
+        Err(why) => SessionEnd::Closed(why),
+    };
+    end.log(user.as_deref(), started, upstream);
+}

@@ -24,7 +24,7 @@ use postern_core::credentials::{fresh_msg_id, CredentialSource, Refusal};
 use postern_core::io::{Conn, LineRead, Stream};
 use postern_core::limits::{self, Timeouts};
 use postern_core::server::{Frontend, SessionFuture, SetupError};
-use postern_core::session::{open_client, SessionEnd as End};
+use postern_core::session::{serve_client, SessionEnd as End};
 use postern_core::tls::RouteTls;
 use postern_core::upstream::{self, TlsTarget, UpstreamError};
 use tokio::net::TcpStream;
@@ -97,20 +97,17 @@ impl Frontend for Pop3Frontend {
         let span = tracing::info_span!("pop3", route = %ctx.name, client = %peer);
         Box::pin(
             async move {
-                let started = Instant::now();
                 let implicit = (ctx.listen.security == Security::Tls)
                     .then_some(ctx.acceptor.as_ref())
                     .flatten();
-                let mut user = None;
-                let end = match open_client(stream, implicit, &ctx.timeouts).await {
-                    Ok(mut client) => {
-                        let end = run(&ctx, &mut client, peer, &mut user).await;
-                        client.shutdown().await;
-                        end
-                    }
-                    Err(why) => End::Closed(why),
-                };
-                end.log(user.as_deref(), started, &ctx.upstream.address);
+                serve_client(
+                    stream,
+                    implicit,
+                    &ctx.timeouts,
+                    &ctx.upstream.address,
+                    async |client, user| run(&ctx, client, peer, user).await,
+                )
+                .await;
             }
             .instrument(span),
         )
