@@ -15,6 +15,9 @@ use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
 use postern_core::limits::Timeouts;
 use postern_core::server::SetupError;
 use postern_core::server::{BindError, Frontend, ListenOptions, Listener, Server, SessionBudget};
+use postern_core::session::{Frontdoor, Route as SessionRoute};
+use postern_pop3::Pop3;
+use postern_smtp::Smtp;
 use tokio_util::sync::CancellationToken;
 
 pub use postern_core::config;
@@ -50,32 +53,40 @@ impl Gateway {
     /// Prepares every route and binds its listener. Upstreams are not
     /// contacted: each session resolves and connects afresh.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        // The same list `postern check` prints.
+        for w in config.exposed_secrets() {
+            tracing::warn!(
+                route = %w.route,
+                file = %w.path.display(),
+                mode = %format_args!("{:04o}", w.mode),
+                "{w}"
+            );
+        }
         let mut listeners = Vec::with_capacity(config.routes.len());
         let budget = SessionBudget::new(config.limits.resolve(&Default::default()).total_sessions);
         for route in &config.routes {
             let limits = config.limits.resolve(&route.limits);
+            let setup = |source| StartError::Setup {
+                route: route.name.clone(),
+                source,
+            };
             let frontend: Arc<dyn Frontend> = match route.protocol {
-                Protocol::Pop3 => Arc::new(
-                    postern_pop3::Pop3Frontend::new(
+                Protocol::Pop3 => Arc::new(Frontdoor::new(
+                    SessionRoute::<Pop3>::prepare(
                         route,
                         config.timeouts.resolve(&route.timeouts, Timeouts::POP3),
+                        limits,
                     )
-                    .map_err(|source| StartError::Setup {
-                        route: route.name.clone(),
-                        source,
-                    })?,
-                ),
-                Protocol::Smtp => Arc::new(
-                    postern_smtp::SmtpFrontend::new(
+                    .map_err(setup)?,
+                )),
+                Protocol::Smtp => Arc::new(Frontdoor::new(
+                    SessionRoute::<Smtp>::prepare(
                         route,
                         config.timeouts.resolve(&route.timeouts, Timeouts::SMTP),
                         limits,
                     )
-                    .map_err(|source| StartError::Setup {
-                        route: route.name.clone(),
-                        source,
-                    })?,
-                ),
+                    .map_err(setup)?,
+                )),
                 _ => return Err(StartError::Unsupported(route.name.clone())),
             };
             let acl = Acl::new(route.allow_list());

@@ -312,10 +312,19 @@ async fn smtp_stored_credentials_refused_upstream_give_454() {
     assert!(r[0].starts_with("454 4.7.0"), "{r:?}");
     // The device account is in backoff too? No: it is a separate account,
     // but it shares the refused upstream password, so it fails and backs off.
+    // The device logs in upstream at its first command that needs the
+    // upstream (MAIL), not at connect.
     let mut d = LineClient::connect_from("127.0.0.9".parse().expect("ip"), gw.addr("s"))
         .await
         .expect("connect");
-    assert!(d.read_smtp_reply().await.expect("greeting")[0].starts_with("421 4.7.0"));
+    assert!(d.read_smtp_reply().await.expect("greeting")[0].starts_with("220"));
+    d.smtp_command("EHLO d").await.expect("ehlo");
+    let r = d
+        .smtp_command("MAIL FROM:<d@example.org>")
+        .await
+        .expect("mail");
+    assert!(r[0].starts_with("421 4.7.0"), "{r:?}");
+    // Now in backoff: refused at once, before any upstream connection.
     let mut d = LineClient::connect_from("127.0.0.9".parse().expect("ip"), gw.addr("s"))
         .await
         .expect("connect");

@@ -6,6 +6,7 @@
 //! what the STARTTLS checks look at: bytes buffered past a TLS go-ahead are
 //! an injection attempt (CVE-2011-0411) and must never be carried over.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -193,17 +194,27 @@ impl Conn {
         self.stream.read_buf(&mut self.buf).await
     }
 
-    /// Whether the peer has already sent something, without waiting.
+    /// Whether the peer has already sent something, without waiting (see
+    /// [`Conn::poll_input`]).
     pub async fn has_pending_input(&mut self) -> bool {
         if !self.buffered().is_empty() {
             return true;
         }
-        // A zero deadline polls the read once: ready data is taken, an empty
-        // socket is left alone (the read is cancel-safe).
-        matches!(
-            tokio::time::timeout(std::time::Duration::ZERO, self.fill()).await,
-            Ok(Ok(n)) if n > 0
-        )
+        matches!(self.poll_input().await, Some(Ok(n)) if n > 0)
+    }
+
+    /// Polls the socket once, without waiting: `None` when nothing is
+    /// there; else what one read gave (bytes taken into the buffer, `0` at
+    /// end of stream, or an error). Cancel-safe like [`Conn::fill`], and
+    /// unlike a zero timeout it never waits for a timer tick.
+    pub async fn poll_input(&mut self) -> Option<io::Result<usize>> {
+        let fill = self.fill();
+        let mut fill = std::pin::pin!(fill);
+        std::future::poll_fn(|cx| match fill.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => Poll::Ready(None),
+        })
+        .await
     }
 
     /// Reads one line ending in LF, at most `max` bytes long (terminator

@@ -49,6 +49,19 @@ pub const AUTH_BLOCK_DURATION: Duration = Duration::from_secs(15 * 60);
 /// each further refusal, up to an hour), so a provider does not lock the
 /// account out.
 pub const STORED_LOGIN_BACKOFF: Duration = Duration::from_secs(60);
+/// Everything a client may do before it has logged in (greeting, CAPA,
+/// EHLO, NOOP...): commands do not extend it, so a client cannot hold a
+/// session slot without logging in.
+pub const LOGIN_TOTAL: Duration = Duration::from_secs(60);
+/// SMTP: the longest one message's data may take, whatever its rate.
+pub const SMTP_DATA_TOTAL: Duration = Duration::from_secs(60 * 60);
+/// SMTP: the slowest average rate (bytes per second) message data may
+/// arrive at, checked once [`DATA_RATE_GRACE`] has passed: a drip cannot
+/// hold a session and an upstream connection for hours.
+pub const SMTP_DATA_MIN_RATE: u64 = 1024;
+/// SMTP: how long message data may arrive slower than the minimum rate
+/// before the rate is enforced (a client may pause briefly at the start).
+pub const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 /// Reading a PROXY protocol header from a load balancer.
 pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,6 +82,10 @@ pub struct Timeouts {
     pub data_block: Duration,
     /// SMTP: the upstream's reply to the end of data.
     pub final_reply: Duration,
+    /// Everything before login, in total (commands do not extend it).
+    pub login_total: Duration,
+    /// SMTP: one message's data, in total.
+    pub data_total: Duration,
     /// Writing to a peer that does not read.
     pub write: Duration,
 }
@@ -83,6 +100,8 @@ impl Timeouts {
         client_idle: CLIENT_IDLE,
         data_block: SMTP_DATA_BLOCK,
         final_reply: SMTP_FINAL_REPLY_TIMEOUT,
+        login_total: LOGIN_TOTAL,
+        data_total: SMTP_DATA_TOTAL,
         write: WRITE_TIMEOUT,
     };
     /// RFC 5321 §4.5.3.2-based defaults for SMTP.
@@ -94,6 +113,8 @@ impl Timeouts {
         client_idle: SMTP_COMMAND_IDLE,
         data_block: SMTP_DATA_BLOCK,
         final_reply: SMTP_FINAL_REPLY_TIMEOUT,
+        login_total: LOGIN_TOTAL,
+        data_total: SMTP_DATA_TOTAL,
         write: WRITE_TIMEOUT,
     };
 }
@@ -111,6 +132,8 @@ pub struct Limits {
     pub sessions_per_client: usize,
     /// Sessions at once across all routes.
     pub total_sessions: usize,
+    /// SMTP: the slowest average rate of message data, in bytes per second.
+    pub data_min_rate: u64,
 }
 
 impl Limits {
@@ -121,5 +144,6 @@ impl Limits {
         sessions: 500,
         sessions_per_client: 50,
         total_sessions: 2000,
+        data_min_rate: SMTP_DATA_MIN_RATE,
     };
 }

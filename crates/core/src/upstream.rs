@@ -9,12 +9,11 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::HostPort;
-use crate::io::{Conn, Stream, UpgradeError};
+use crate::io::{Conn, LineRead, Stream, UpgradeError};
 use crate::limits::Timeouts;
 
 /// Something went wrong on the upstream side of a session.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum UpstreamError {
     /// DNS failed.
     #[error("cannot resolve {address}: {source}")]
@@ -50,9 +49,63 @@ pub enum UpstreamError {
     /// Reading or writing failed.
     #[error("connection to the server failed: {0}")]
     Io(#[from] io::Error),
-    /// The server said something that breaks the protocol.
+    /// The server said something that breaks the protocol (the machine's
+    /// reason, safe to log).
     #[error("{0}")]
     Protocol(String),
+    /// The server broke the reply framing.
+    #[error("{0}")]
+    Misbehaved(#[from] Misbehaved),
+    /// TLS cannot be had on a route that requires it (STARTTLS not offered
+    /// or refused, the route's mechanism missing after TLS): fail closed.
+    #[error("{0}")]
+    Insecure(String),
+}
+
+impl UpstreamError {
+    /// Whether the failure is about getting a secure connection (clients
+    /// are told so with their protocol's security code).
+    pub fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Tls(_) | UpstreamError::Upgrade(_) | UpstreamError::Insecure(_)
+        )
+    }
+}
+
+/// Ways an upstream breaks the framing that pairs replies with commands.
+/// Each one ends the upstream session: a reply that cannot be paired with
+/// its command must never reach a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Misbehaved {
+    /// Bytes arrived while no command was outstanding.
+    #[error("the server sent data nobody asked for (unsolicited reply, {0})")]
+    Unsolicited(&'static str),
+    /// A reply line exceeded the protocol's cap.
+    #[error("the server sent a line longer than {max} bytes during {phase}")]
+    LineTooLong {
+        /// What postern was waiting for.
+        phase: &'static str,
+        /// The cap.
+        max: usize,
+    },
+    /// A reply did not parse.
+    #[error("the server's reply is malformed during {phase}: {why}")]
+    Malformed {
+        /// What postern was waiting for.
+        phase: &'static str,
+        /// What was wrong (sanitized).
+        why: String,
+    },
+    /// SMTP: a reply arrived while the message data was being sent.
+    #[error("the server replied in the middle of the message data")]
+    ReplyDuringData,
+    /// SMTP: DATA was answered with a positive reply other than 354.
+    #[error("the server answered DATA with {0} instead of 354")]
+    DataNotStarted(u16),
+    /// POP3: the server repeated an APOP timestamp.
+    #[error("the server repeated an APOP timestamp (a chosen-timestamp attack on APOP?); refusing to send a digest")]
+    RepeatedTimestamp,
 }
 
 /// Runs `fut` with a deadline, mapping expiry to [`UpstreamError::Timeout`].
@@ -108,6 +161,41 @@ pub async fn connect_tcp(addr: &HostPort, timeout: Duration) -> Result<TcpStream
     })
 }
 
+/// How a route reaches its upstream; the TLS settings exist exactly when
+/// the transport needs them.
+#[derive(Debug, Clone)]
+pub enum UpstreamTransport {
+    /// Plain TCP from the first byte to the last.
+    Plain,
+    /// TLS from the first byte.
+    Tls(TlsTarget),
+    /// Plain TCP upgraded by STLS/STARTTLS before anything else is said.
+    StartTls(TlsTarget),
+}
+
+impl UpstreamTransport {
+    /// The route's `security` with its prepared TLS settings.
+    pub fn new(security: crate::config::Security, tls: Option<TlsTarget>) -> Option<Self> {
+        use crate::config::Security;
+        match (security, tls) {
+            (Security::None, _) => Some(Self::Plain),
+            (Security::Tls, Some(t)) => Some(Self::Tls(t)),
+            (Security::Starttls, Some(t)) => Some(Self::StartTls(t)),
+            (_, None) => None,
+        }
+    }
+
+    /// The route's `security` setting this transport carries out.
+    pub fn security(&self) -> crate::config::Security {
+        use crate::config::Security;
+        match self {
+            Self::Plain => Security::None,
+            Self::Tls(_) => Security::Tls,
+            Self::StartTls(_) => Security::Starttls,
+        }
+    }
+}
+
 /// TLS settings for one upstream.
 #[derive(Debug, Clone)]
 pub struct TlsTarget {
@@ -153,5 +241,247 @@ pub async fn starttls(
         Ok(Err(UpgradeError::Handshake(e))) => Err(UpstreamError::Tls(e)),
         Ok(Err(e)) => Err(UpstreamError::Upgrade(e)),
         Err(_) => Err(UpstreamError::Timeout("TLS handshake")),
+    }
+}
+
+/// Accumulates reply lines into one complete reply (sans-IO): a POP3
+/// status line (plus its body when one is expected), an SMTP multi-line
+/// reply.
+pub trait Framer {
+    /// A complete reply.
+    type Reply;
+    /// The longest line accepted.
+    fn max_line(&self) -> usize;
+    /// Takes one line (terminator included); `Some` once the reply is complete.
+    fn push(&mut self, line: Vec<u8>) -> Result<Option<Self::Reply>, String>;
+}
+
+/// What an upstream machine wants done on the wire.
+#[derive(Debug)]
+pub enum Io {
+    /// Read the next reply.
+    Read,
+    /// Send these bytes (they may hold a secret: never log them), then read.
+    Send(zeroize::Zeroizing<Vec<u8>>),
+    /// The server said go ahead: handshake (refusing bytes past the
+    /// go-ahead), then call [`Machine::on_tls`].
+    StartTls,
+}
+
+/// The next step of an upstream machine.
+#[derive(Debug)]
+pub enum Step<D> {
+    /// Wire work for the driver.
+    Io(Io),
+    /// The machine needs the client again.
+    Done(D),
+}
+
+/// A sans-IO upstream machine (connect, secure, log in) the generic
+/// [`drive`] executes.
+pub trait Machine {
+    /// One complete reply.
+    type Reply;
+    /// How the machine's replies are framed.
+    type Framer: Framer<Reply = Self::Reply>;
+    /// Where the machine stops for the client.
+    type Done;
+    /// What the machine waits for, for logs and timeouts.
+    fn phase(&self) -> &'static str;
+    /// A framer for the next reply.
+    fn framer(&self) -> Self::Framer;
+    /// Handles one reply.
+    fn on_reply(&mut self, reply: Self::Reply) -> Result<Step<Self::Done>, UpstreamError>;
+    /// The STARTTLS handshake succeeded.
+    fn on_tls(&mut self) -> Result<Step<Self::Done>, UpstreamError>;
+}
+
+/// One upstream connection: every command goes through [`Link::send`],
+/// which refuses to write while the server has anything pending, so a
+/// stray line can never be paired with the next command.
+#[derive(Debug)]
+pub struct Link {
+    conn: Conn,
+    tls: Option<TlsTarget>,
+    timeouts: Timeouts,
+}
+
+impl Link {
+    /// Resolves, connects and (for implicit TLS) handshakes.
+    pub async fn connect(
+        addr: &HostPort,
+        transport: &UpstreamTransport,
+        timeouts: &Timeouts,
+    ) -> Result<Self, UpstreamError> {
+        let (mut conn, tls) = match transport {
+            UpstreamTransport::Tls(t) => (connect_tls(addr, t, timeouts).await?, None),
+            UpstreamTransport::StartTls(t) => (
+                Conn::new(Stream::Tcp(connect_tcp(addr, timeouts.connect).await?)),
+                Some(t.clone()),
+            ),
+            UpstreamTransport::Plain => (
+                Conn::new(Stream::Tcp(connect_tcp(addr, timeouts.connect).await?)),
+                None,
+            ),
+        };
+        conn.set_write_timeout(timeouts.write);
+        Ok(Self {
+            conn,
+            tls,
+            timeouts: *timeouts,
+        })
+    }
+
+    /// The connection, for streaming bodies.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// The negotiated TLS version, for logs.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        self.conn.stream().tls_version()
+    }
+
+    /// Fails if the server has sent anything nobody asked for: in the
+    /// buffer, or already waiting in the socket.
+    pub async fn ensure_quiet(&mut self, phase: &'static str) -> Result<(), UpstreamError> {
+        if !self.conn.buffered().is_empty() {
+            return Err(Misbehaved::Unsolicited(phase).into());
+        }
+        match self.conn.poll_input().await {
+            None => Ok(()),
+            Some(Ok(0)) => Err(UpstreamError::Closed(phase)),
+            Some(Ok(_)) => Err(Misbehaved::Unsolicited(phase).into()),
+            Some(Err(e)) => Err(UpstreamError::Io(e)),
+        }
+    }
+
+    /// Writes a command (or data) once the server is quiet, within the
+    /// write deadline.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        self.ensure_quiet("before a command").await?;
+        self.write_raw(bytes).await
+    }
+
+    /// Writes without the quiet check (message data, whose end is checked
+    /// by the caller).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+        deadline(
+            self.conn.write_timeout(),
+            "writing to the server",
+            self.conn.write_all(bytes),
+        )
+        .await
+    }
+
+    /// Reads one complete reply through `framer`, under one deadline.
+    pub async fn read_reply<F: Framer>(
+        &mut self,
+        mut framer: F,
+        phase: &'static str,
+        limit: Duration,
+    ) -> Result<F::Reply, UpstreamError> {
+        let read = async {
+            loop {
+                let max = framer.max_line();
+                let line = match self.conn.read_line(max).await? {
+                    LineRead::Line(l) => l,
+                    LineRead::TooLong => return Err(Misbehaved::LineTooLong { phase, max }.into()),
+                    LineRead::Eof => return Err(UpstreamError::Closed(phase)),
+                };
+                match framer.push(line) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(why) => return Err(Misbehaved::Malformed { phase, why }.into()),
+                }
+            }
+        };
+        match tokio::time::timeout(limit, read).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout(phase)),
+        }
+    }
+
+    /// Sends a command and reads its reply.
+    pub async fn command<F: Framer>(
+        &mut self,
+        line: &[u8],
+        framer: F,
+        phase: &'static str,
+    ) -> Result<F::Reply, UpstreamError> {
+        self.send(line).await?;
+        let limit = self.timeouts.upstream_reply;
+        self.read_reply(framer, phase, limit).await
+    }
+
+    /// Resolves when the server sends anything or closes while postern is
+    /// not waiting for a reply: always an error (use in a `select!` beside
+    /// the client read; cancel-safe).
+    pub async fn unsolicited(&mut self, phase: &'static str) -> UpstreamError {
+        if !self.conn.buffered().is_empty() {
+            return Misbehaved::Unsolicited(phase).into();
+        }
+        match self.conn.fill().await {
+            Ok(0) => UpstreamError::Closed(phase),
+            Ok(_) => Misbehaved::Unsolicited(phase).into(),
+            Err(e) => UpstreamError::Io(e),
+        }
+    }
+
+    /// Upgrades after a STLS/STARTTLS go-ahead. A link without TLS
+    /// settings (a `Plain` or already-TLS transport) refuses.
+    async fn starttls(&mut self) -> Result<(), UpstreamError> {
+        let Some(tls) = self.tls.take() else {
+            return Err(UpstreamError::Upgrade(UpgradeError::AlreadyTls));
+        };
+        let conn = std::mem::replace(&mut self.conn, Conn::new(Stream::Detached));
+        self.conn = starttls(conn, &tls, &self.timeouts).await?;
+        Ok(())
+    }
+
+    /// Best effort goodbye: writes `line`, waits briefly for any answer.
+    pub async fn goodbye(mut self, line: &[u8]) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            self.conn.write_all(line).await?;
+            self.conn.read_line(512).await
+        })
+        .await;
+    }
+}
+
+/// Executes a machine's wire steps until it needs the client again.
+pub async fn drive<M: Machine>(
+    link: &mut Link,
+    machine: &mut M,
+    first: Step<M::Done>,
+) -> Result<M::Done, UpstreamError> {
+    let mut step = first;
+    loop {
+        step = match step {
+            Step::Done(done) => return Ok(done),
+            Step::Io(Io::Read) => {
+                let limit = link.timeouts.upstream_reply;
+                let reply = link
+                    .read_reply(machine.framer(), machine.phase(), limit)
+                    .await?;
+                machine.on_reply(reply)?
+            }
+            Step::Io(Io::Send(bytes)) => {
+                // The bytes may hold a password or digest: log the phase only.
+                tracing::trace!(phase = machine.phase(), "sending to upstream");
+                let reply = link
+                    .command(&bytes, machine.framer(), machine.phase())
+                    .await?;
+                machine.on_reply(reply)?
+            }
+            Step::Io(Io::StartTls) => {
+                link.starttls().await?;
+                tracing::debug!(
+                    tls = link.tls_version().unwrap_or("?"),
+                    "upstream STARTTLS done"
+                );
+                machine.on_tls()?
+            }
+        }
     }
 }

@@ -3,11 +3,11 @@
 //! CRAM-MD5, over plain TCP, implicit TLS or STLS, then relays the
 //! transaction state byte for byte.
 //!
-//! `proto` holds the protocol logic with no I/O; `session` is the tokio
-//! driver that owns the sockets and executes the machines' steps.
+//! `proto` holds the protocol logic with no I/O; `session` plugs it into
+//! core's session skeleton (one [`postern_core::session::Protocol`] impl).
 #![forbid(unsafe_code)]
 
 pub mod proto;
 pub mod session;
 
-pub use session::Pop3Frontend;
+pub use session::Pop3;

@@ -5,5 +5,6 @@ pub mod apop;
 pub mod capa;
 pub mod client;
 pub mod command;
+pub mod framer;
 pub mod reply;
 pub mod upstream;

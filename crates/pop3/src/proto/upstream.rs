@@ -16,7 +16,10 @@
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::sasl;
+use postern_core::upstream::{Io, Machine, Step as WireStep, UpstreamError};
 use zeroize::Zeroizing;
+
+use super::framer::{Reply, StatusFramer};
 
 use super::apop;
 use super::command::MAX_COMMAND_LINE;
@@ -327,6 +330,63 @@ impl UpstreamLogin {
             }
             _ => self.fail(format!("`auth: {}` is not a POP3 login method", self.auth)),
         }
+    }
+}
+
+/// Where the upstream machine stops for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// Connected, secured, capabilities known: a login may be tried.
+    Ready,
+    /// Logged in: start relaying.
+    LoggedIn,
+    /// The server refused the credentials; a new login may be tried.
+    Refused(RespCode),
+}
+
+fn lift(step: Step) -> Result<WireStep<Done>, UpstreamError> {
+    Ok(match step {
+        Step::Read => WireStep::Io(Io::Read),
+        Step::Send(bytes) => WireStep::Io(Io::Send(bytes)),
+        Step::StartTls => WireStep::Io(Io::StartTls),
+        Step::Ready => WireStep::Done(Done::Ready),
+        Step::LoggedIn => WireStep::Done(Done::LoggedIn),
+        Step::Refused(code) => WireStep::Done(Done::Refused(code)),
+        Step::Fail(why) => return Err(UpstreamError::Protocol(why)),
+    })
+}
+
+impl UpstreamLogin {
+    /// The first wire step of a fresh connection.
+    pub fn begin(&self) -> Result<WireStep<Done>, UpstreamError> {
+        lift(self.start())
+    }
+
+    /// The wire steps of a login (after [`Done::Ready`] or [`Done::Refused`]).
+    pub fn login(&mut self, login: Login) -> Result<WireStep<Done>, UpstreamError> {
+        lift(self.authenticate(login))
+    }
+}
+
+impl Machine for UpstreamLogin {
+    type Reply = Reply;
+    type Framer = StatusFramer;
+    type Done = Done;
+
+    fn phase(&self) -> &'static str {
+        UpstreamLogin::phase(self)
+    }
+
+    fn framer(&self) -> StatusFramer {
+        StatusFramer::new(self.expects_body())
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Result<WireStep<Done>, UpstreamError> {
+        lift(UpstreamLogin::on_reply(self, &reply.status, &reply.body))
+    }
+
+    fn on_tls(&mut self) -> Result<WireStep<Done>, UpstreamError> {
+        lift(UpstreamLogin::on_tls(self))
     }
 }
 

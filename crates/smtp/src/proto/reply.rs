@@ -89,6 +89,18 @@ impl ReplyBuilder {
     }
 }
 
+impl postern_core::upstream::Framer for ReplyBuilder {
+    type Reply = Reply;
+
+    fn max_line(&self) -> usize {
+        MAX_REPLY_LINE
+    }
+
+    fn push(&mut self, line: Vec<u8>) -> Result<Option<Reply>, String> {
+        ReplyBuilder::push(self, &line).map_err(|e| e.to_string())
+    }
+}
+
 impl Reply {
     /// A reply from complete wire bytes (tests and local replies).
     pub fn parse(raw: &[u8]) -> Result<Reply, ReplyError> {

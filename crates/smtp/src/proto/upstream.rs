@@ -16,8 +16,10 @@ use postern_core::credentials::Login;
 use postern_core::sasl;
 use zeroize::Zeroizing;
 
+use postern_core::upstream::{Io, Machine, Step as WireStep, UpstreamError};
+
 use super::ehlo::Extensions;
-use super::reply::Reply;
+use super::reply::{Reply, ReplyBuilder};
 
 /// What the driver should do next.
 #[derive(Debug)]
@@ -302,6 +304,67 @@ impl UpstreamSetup {
             }
             _ => self.fail(format!("`auth: {}` is not an SMTP login method", self.auth)),
         }
+    }
+}
+
+/// Where the upstream machine stops for the client.
+#[derive(Debug)]
+pub enum Done {
+    /// Connected, secured, extensions known; a login may follow.
+    Ready,
+    /// The login succeeded.
+    Authenticated,
+    /// The server refused the login (its reply: 4xx temporary, 5xx not).
+    Refused(Reply),
+}
+
+impl UpstreamSetup {
+    fn lift(&self, step: Step) -> Result<WireStep<Done>, UpstreamError> {
+        Ok(match step {
+            Step::Read => WireStep::Io(Io::Read),
+            Step::Send(bytes) => WireStep::Io(Io::Send(bytes)),
+            Step::StartTls => WireStep::Io(Io::StartTls),
+            Step::Ready => WireStep::Done(Done::Ready),
+            Step::Authenticated => WireStep::Done(Done::Authenticated),
+            Step::Refused(reply) => WireStep::Done(Done::Refused(reply)),
+            Step::Fail(why) if self.security_failure => return Err(UpstreamError::Insecure(why)),
+            Step::Fail(why) => return Err(UpstreamError::Protocol(why)),
+        })
+    }
+
+    /// The first wire step of a fresh connection.
+    pub fn begin(&self) -> Result<WireStep<Done>, UpstreamError> {
+        self.lift(self.start())
+    }
+
+    /// The wire steps of a login (after [`Done::Ready`] or [`Done::Refused`]).
+    pub fn login(&mut self, login: Login) -> Result<WireStep<Done>, UpstreamError> {
+        let step = self.authenticate(login);
+        self.lift(step)
+    }
+}
+
+impl Machine for UpstreamSetup {
+    type Reply = Reply;
+    type Framer = ReplyBuilder;
+    type Done = Done;
+
+    fn phase(&self) -> &'static str {
+        UpstreamSetup::phase(self)
+    }
+
+    fn framer(&self) -> ReplyBuilder {
+        ReplyBuilder::new()
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Result<WireStep<Done>, UpstreamError> {
+        let step = UpstreamSetup::on_reply(self, &reply);
+        self.lift(step)
+    }
+
+    fn on_tls(&mut self) -> Result<WireStep<Done>, UpstreamError> {
+        let step = UpstreamSetup::on_tls(self);
+        self.lift(step)
     }
 }
 

@@ -1,0 +1,212 @@
+//! The client half of a session: the connection, its deadlines (a command
+//! deadline, and a total one before login that commands do not extend),
+//! the early-talker check, and STLS/STARTTLS on the listen side.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use super::Closed;
+use crate::config::{ListenMap, Security};
+use crate::io::{Conn, LineRead, Stream};
+use crate::limits::Timeouts;
+use crate::server::SetupError;
+use crate::tls::ListenTls;
+use crate::upstream::{Link, UpstreamError};
+
+/// How a route listens; the certificate exists exactly when TLS is offered.
+#[derive(Debug, Clone)]
+pub enum ListenSide {
+    /// Plain TCP.
+    Plain {
+        /// Logins refused (a route that wants this must offer TLS; kept for
+        /// the configuration's sake).
+        required_for_auth: bool,
+    },
+    /// TLS from the first byte.
+    ImplicitTls(Arc<rustls::ServerConfig>),
+    /// Plain, upgraded by STLS/STARTTLS on the client's request.
+    StartTls {
+        /// The server configuration for the upgrade.
+        config: Arc<rustls::ServerConfig>,
+        /// Logins refused (and not advertised) before TLS.
+        required_for_auth: bool,
+    },
+}
+
+impl ListenSide {
+    /// The listen map with its prepared server configuration.
+    pub fn new(
+        map: &ListenMap,
+        config: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, SetupError> {
+        let required_for_auth = map.requires_tls_for_auth();
+        match (map.security, config) {
+            (Security::None, _) => Ok(Self::Plain { required_for_auth }),
+            (Security::Tls, Some(c)) => Ok(Self::ImplicitTls(c)),
+            (Security::Starttls, Some(config)) => Ok(Self::StartTls {
+                config,
+                required_for_auth,
+            }),
+            (_, None) => Err(SetupError::Tls(
+                crate::tls::TlsSetupError::MissingCertificate,
+            )),
+        }
+    }
+
+    fn required_for_auth(&self) -> bool {
+        match self {
+            Self::Plain { required_for_auth }
+            | Self::StartTls {
+                required_for_auth, ..
+            } => *required_for_auth,
+            Self::ImplicitTls(_) => false,
+        }
+    }
+}
+
+/// The client connection of one session.
+#[derive(Debug)]
+pub struct ClientSide {
+    conn: Conn,
+    listen: ListenSide,
+    timeouts: Timeouts,
+    /// Until login: when the pre-login time is up.
+    login_deadline: Option<Instant>,
+}
+
+impl ClientSide {
+    /// Wraps an accepted client; an implicit-TLS listener handshakes first.
+    pub async fn open(
+        stream: TcpStream,
+        listen: &ListenSide,
+        timeouts: &Timeouts,
+    ) -> Result<Self, Closed> {
+        let mut conn = Conn::new(Stream::Tcp(stream));
+        conn.set_write_timeout(timeouts.write);
+        if let ListenSide::ImplicitTls(config) = listen {
+            conn.upgrade_server(config, timeouts.tls_handshake)
+                .await
+                .map_err(|_| Closed::TlsFailed)?;
+        }
+        Ok(Self {
+            conn,
+            listen: listen.clone(),
+            timeouts: *timeouts,
+            login_deadline: Some(Instant::now() + timeouts.login_total),
+        })
+    }
+
+    /// The listen side's TLS situation, for the protocol machines.
+    pub fn tls(&self) -> ListenTls {
+        ListenTls {
+            starttls: matches!(self.listen, ListenSide::StartTls { .. }),
+            active: self.conn.stream().is_tls(),
+            required_for_auth: self.listen.required_for_auth(),
+        }
+    }
+
+    /// The connection, for streaming message data.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// The client logged in: from now on only the idle deadline applies.
+    pub fn logged_in(&mut self) {
+        self.login_deadline = None;
+    }
+
+    /// Sends the greeting, unless the client talked first (real clients
+    /// wait; a TLS ClientHello on a plain port is closed quietly, anything
+    /// else gets `early_reply`).
+    pub async fn greet(&mut self, greeting: &[u8], early_reply: &[u8]) -> Result<(), Closed> {
+        if self.conn.has_pending_input().await {
+            if crate::sniff::looks_like_tls(self.conn.buffered()) {
+                return Err(Closed::TlsOnPlainPort);
+            }
+            let _ = self.write(early_reply).await;
+            return Err(Closed::EarlyTalker);
+        }
+        self.write(greeting).await
+    }
+
+    /// Which deadline applies to the next read, and what its expiry means.
+    fn read_deadline(&self) -> (Duration, Closed) {
+        match self.login_deadline {
+            None => (self.timeouts.client_idle, Closed::Idle),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                if left < self.timeouts.client_login {
+                    (left, Closed::LoginTimeout)
+                } else {
+                    (self.timeouts.client_login, Closed::Idle)
+                }
+            }
+        }
+    }
+
+    /// Reads one line of at most `max` bytes: `None` if it was longer
+    /// (already discarded).
+    pub async fn read_line(&mut self, max: usize) -> Result<Option<Vec<u8>>, Closed> {
+        let (limit, expired) = self.read_deadline();
+        match tokio::time::timeout(limit, self.conn.read_line(max)).await {
+            Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
+            Ok(Ok(LineRead::TooLong)) => Ok(None),
+            Ok(Ok(LineRead::Eof)) => Err(Closed::ClientGone),
+            Ok(Err(_)) => Err(Closed::ClientFailed),
+            Err(_) => Err(expired),
+        }
+    }
+
+    /// Reads the client's next line while watching the upstream: a byte
+    /// (or a close) from the upstream while no command is outstanding is
+    /// unsolicited and ends the upstream session.
+    pub async fn read_line_watching(
+        &mut self,
+        max: usize,
+        up: &mut Link,
+    ) -> Result<Result<Option<Vec<u8>>, Closed>, UpstreamError> {
+        tokio::select! {
+            biased;
+            line = self.read_line(max) => Ok(line),
+            e = up.unsolicited("while waiting for the client") => Err(e),
+        }
+    }
+
+    /// Writes within the write deadline.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Closed> {
+        match tokio::time::timeout(self.conn.write_timeout(), self.conn.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closed::ClientFailed),
+            Err(_) => Err(Closed::StoppedReading),
+        }
+    }
+
+    /// The client asked for STLS/STARTTLS and the protocol allowed it:
+    /// refuse bytes pipelined after the request (CVE-2011-0411), send
+    /// `go_ahead`, handshake. The protocol then resets its state.
+    pub async fn start_tls(&mut self, go_ahead: &[u8]) -> Result<(), Closed> {
+        let ListenSide::StartTls { config, .. } = &self.listen else {
+            // The machines only ask on a STARTTLS listener; never upgrade elsewhere.
+            return Err(Closed::TlsFailed);
+        };
+        let config = config.clone();
+        if !self.conn.buffered().is_empty() {
+            tracing::warn!(
+                "the client sent more after STARTTLS in the same packet (command injection?); closing"
+            );
+            return Err(Closed::BytesAfterStartTls);
+        }
+        self.write(go_ahead).await?;
+        self.conn
+            .upgrade_server(&config, self.timeouts.tls_handshake)
+            .await
+            .map_err(|_| Closed::TlsFailed)
+    }
+
+    /// Closes the write side politely.
+    pub async fn shutdown(&mut self) {
+        self.conn.shutdown().await;
+    }
+}

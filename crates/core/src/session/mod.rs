@@ -1,0 +1,278 @@
+//! The session skeleton every front end shares. A protocol fills in one
+//! trait ([`Protocol`]); core owns the lifecycle:
+//!
+//! ```text
+//! accept → ACL → PROXY (server.rs) → client TLS → blocked? → Protocol::run
+//!   (greet → login, upstream opened only now → relay) → close → one log line
+//! ```
+//!
+//! [`ClientSide`] is the client half (deadlines, the early-talker check,
+//! STLS/STARTTLS with the injection check); [`crate::upstream::Link`] is
+//! the upstream half (quiet check before every command, the generic
+//! machine driver). Every phase returns `Result<_, SessionEnd>`.
+
+mod client;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+pub use client::{ClientSide, ListenSide};
+
+use crate::config::HostPort;
+use crate::credentials::CredentialSource;
+use crate::limits::{Limits, Timeouts};
+use crate::server::{Frontend, SessionFuture, SetupError};
+use crate::upstream::{UpstreamError, UpstreamTransport};
+
+/// Why postern or the client closed a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Closed {
+    /// The client closed the connection.
+    #[error("client closed the connection")]
+    ClientGone,
+    /// Reading from or writing to the client failed.
+    #[error("client connection failed")]
+    ClientFailed,
+    /// The client sent nothing for too long.
+    #[error("client idle timeout")]
+    Idle,
+    /// The client did not log in within `timeouts.login_total`.
+    #[error("client did not log in in time (login_total)")]
+    LoginTimeout,
+    /// The client did not read what postern wrote.
+    #[error("client stopped reading")]
+    StoppedReading,
+    /// The TLS handshake with the client failed.
+    #[error("TLS handshake with the client failed")]
+    TlsFailed,
+    /// A TLS ClientHello arrived on a plain port.
+    #[error("TLS handshake on a plain port")]
+    TlsOnPlainPort,
+    /// The client talked before the greeting.
+    #[error("client talked before the greeting")]
+    EarlyTalker,
+    /// Bytes were pipelined after STLS/STARTTLS (CVE-2011-0411).
+    #[error("bytes after STARTTLS")]
+    BytesAfterStartTls,
+    /// An HTTP request arrived on a mail port.
+    #[error("HTTP request on a mail port")]
+    HttpRequest,
+    /// The client's address is blocked after failed logins.
+    #[error("address blocked after failed logins")]
+    AddressBlocked,
+    /// A device's stored account is backing off.
+    #[error("device account in backoff")]
+    DeviceBackoff,
+    /// The upstream refused a device's stored credentials.
+    #[error("device credentials refused upstream")]
+    DeviceRefused,
+    /// The client went on after the upstream connection was dropped.
+    #[error("upstream lost earlier")]
+    UpstreamLostEarlier,
+    /// SMTP: a bare CR or LF in message data.
+    #[error("bare line ending in DATA")]
+    BareLineEnding,
+    /// SMTP: the client's message data stalled.
+    #[error("client data timeout")]
+    DataTimeout,
+    /// SMTP: the client's message data took too long in total or came too slowly.
+    #[error("client data too slow (data_total / data_min_rate)")]
+    DataTooSlow,
+}
+
+/// How a session ended; decides the log line.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// The client said goodbye.
+    Quit,
+    /// The session was closed on the client side or by postern.
+    Closed(Closed),
+    /// The upstream failed.
+    Upstream(UpstreamError),
+}
+
+impl From<UpstreamError> for SessionEnd {
+    fn from(e: UpstreamError) -> Self {
+        SessionEnd::Upstream(e)
+    }
+}
+
+impl From<Closed> for SessionEnd {
+    fn from(c: Closed) -> Self {
+        SessionEnd::Closed(c)
+    }
+}
+
+impl SessionEnd {
+    /// Logs the end of a session (inside the session's span: route, client).
+    /// The user name is client-chosen: logged quoted and escaped.
+    pub fn log(&self, user: Option<&str>, started: Instant, upstream: &HostPort) {
+        let ms = started.elapsed().as_millis() as u64;
+        let user = user.unwrap_or("-");
+        match self {
+            SessionEnd::Quit => tracing::info!(user = ?user, ms, "session ended with QUIT"),
+            SessionEnd::Closed(why) => {
+                tracing::info!(user = ?user, ms, why = %why, "session closed")
+            }
+            SessionEnd::Upstream(e) => tracing::warn!(
+                user = ?user,
+                ms,
+                %upstream,
+                cause = %e,
+                "session failed on the upstream side"
+            ),
+        }
+    }
+}
+
+/// One protocol front end: its parser and machines live in its crate; this
+/// trait is all core needs to run its sessions.
+pub trait Protocol: Send + Sync + Sized + 'static {
+    /// The span name (`pop3`, `smtp`).
+    const NAME: &'static str;
+    /// The protocol's own per-route data (snapshots, guards, limits).
+    type Extra: Send + Sync + std::fmt::Debug + 'static;
+    /// The per-route data, built once when the route is prepared.
+    fn extra(route: &crate::config::Route) -> Self::Extra;
+    /// Written to a client the allow-list refuses.
+    fn refusal() -> &'static [u8];
+    /// Written to a client over a session limit.
+    fn busy() -> &'static [u8];
+    /// Written to a client whose address is blocked after failed logins.
+    fn blocked() -> &'static [u8];
+    /// Runs one session after the client side is open: greet, log in,
+    /// relay. `Ok(())` means the client quit.
+    fn run(
+        route: &Route<Self>,
+        session: &mut Session,
+    ) -> impl std::future::Future<Output = Result<(), SessionEnd>> + Send;
+}
+
+/// What every session of one route shares.
+#[derive(Debug)]
+pub struct Route<P: Protocol> {
+    /// The route's name, for logs.
+    pub name: String,
+    /// How postern listens.
+    pub listen: ListenSide,
+    /// The upstream's address (resolved afresh per session).
+    pub address: HostPort,
+    /// How the upstream is reached.
+    pub transport: UpstreamTransport,
+    /// The route's upstream login method.
+    pub auth: crate::config::UpstreamAuth,
+    /// Where upstream credentials come from.
+    pub credentials: CredentialSource,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// The protocol's own.
+    pub extra: P::Extra,
+}
+
+impl<P: Protocol> Route<P> {
+    /// Prepares a route: TLS configurations and secrets are loaded once.
+    pub fn prepare(
+        route: &crate::config::Route,
+        timeouts: Timeouts,
+        limits: Limits,
+    ) -> Result<Self, SetupError> {
+        let crate::tls::RouteTls {
+            listen,
+            upstream: tls,
+        } = crate::tls::RouteTls::prepare(route)?;
+        let transport = UpstreamTransport::new(route.upstream.security, tls).ok_or(
+            SetupError::Tls(crate::tls::TlsSetupError::MissingCertificate),
+        )?;
+        Ok(Self {
+            name: route.name.clone(),
+            listen: ListenSide::new(&route.listen.0, listen)?,
+            address: route.upstream.address.clone(),
+            transport,
+            auth: route.upstream.auth,
+            credentials: CredentialSource::from_config(&route.credentials)
+                .map_err(SetupError::Credentials)?,
+            timeouts,
+            limits,
+            extra: P::extra(route),
+        })
+    }
+
+    /// Opens a fresh upstream connection (resolve, connect, implicit TLS).
+    pub async fn connect(&self) -> Result<crate::upstream::Link, UpstreamError> {
+        crate::upstream::Link::connect(&self.address, &self.transport, &self.timeouts).await
+    }
+}
+
+/// One client session in progress.
+#[derive(Debug)]
+pub struct Session {
+    /// The client half.
+    pub client: ClientSide,
+    /// The client's address (after PROXY).
+    pub peer: SocketAddr,
+    /// Who logged in (for the final log line).
+    pub user: Option<String>,
+}
+
+/// A prepared route, as the listener runs it.
+#[derive(Debug)]
+pub struct Frontdoor<P: Protocol>(Arc<Route<P>>);
+
+impl<P: Protocol> Frontdoor<P> {
+    /// Wraps a prepared route.
+    pub fn new(route: Route<P>) -> Self {
+        Self(Arc::new(route))
+    }
+}
+
+impl<P: Protocol> Frontend for Frontdoor<P> {
+    fn refusal(&self) -> &'static [u8] {
+        P::refusal()
+    }
+
+    fn busy(&self) -> &'static [u8] {
+        P::busy()
+    }
+
+    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture {
+        let route = self.0.clone();
+        let span =
+            tracing::info_span!("session", proto = P::NAME, route = %route.name, client = %peer);
+        Box::pin(serve::<P>(route, stream, peer).instrument(span))
+    }
+}
+
+/// One session from the accepted socket to its final log line.
+async fn serve<P: Protocol>(route: Arc<Route<P>>, stream: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let mut user = None;
+    let end = match ClientSide::open(stream, &route.listen, &route.timeouts).await {
+        Err(closed) => SessionEnd::Closed(closed),
+        Ok(client) => {
+            let mut session = Session {
+                client,
+                peer,
+                user: None,
+            };
+            let end = if route.credentials.address_blocked(peer.ip()) {
+                let _ = session.client.write(P::blocked()).await;
+                SessionEnd::Closed(Closed::AddressBlocked)
+            } else {
+                match P::run(&route, &mut session).await {
+                    Ok(()) => SessionEnd::Quit,
+                    Err(end) => end,
+                }
+            };
+            session.client.shutdown().await;
+            user = session.user;
+            end
+        }
+    };
+    end.log(user.as_deref(), started, &route.address);
+}

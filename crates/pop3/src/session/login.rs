@@ -1,0 +1,172 @@
+//! A login attempt: postern's own checks (credentials, blocks, APOP
+//! pauses), then — only now — the upstream connection, its greeting,
+//! STLS and CAPA, and the login carried upstream.
+
+use std::time::Instant;
+
+use postern_core::config::UpstreamAuth;
+use postern_core::credentials::{ClientAuth, Refusal};
+use postern_core::limits;
+use postern_core::session::{Closed, Route, Session, SessionEnd};
+use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
+
+use super::{temporary, Pending, Pop3};
+use crate::proto::reply::RespCode;
+use crate::proto::upstream::{Done, UpstreamLogin};
+
+pub(super) const BLOCKED: &[u8] =
+    b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
+const APOP_PAUSED: &[u8] =
+    b"-ERR [SYS/TEMP] Too many failed logins for this user; postern pauses them for a while\r\n";
+const STORED_REFUSED: &[u8] =
+    b"-ERR [SYS/TEMP] The mail server is refusing this account for now; try again later\r\n";
+
+/// Tries one login: `Some` with the logged-in upstream, `None` when the
+/// client was refused (and told) and may try again.
+pub(super) async fn attempt(
+    route: &Route<Pop3>,
+    s: &mut Session,
+    credentials: ClientAuth,
+    pending: &mut Pending,
+) -> Result<Option<Link>, SessionEnd> {
+    let name = credentials.user().to_owned();
+    let resolved = match route.credentials.resolve(credentials, s.peer.ip()) {
+        Ok(r) => r,
+        Err(refusal) => {
+            refused_locally(s, &name, refusal).await?;
+            return Ok(None);
+        }
+    };
+    let apop_user = (route.auth == UpstreamAuth::Apop).then(|| resolved.upstream.user().to_owned());
+    if let Some(u) = &apop_user {
+        let allowed = route
+            .extra
+            .apop
+            .lock()
+            .map(|g| g.allowed(u, Instant::now()))
+            .unwrap_or(false);
+        if !allowed {
+            tracing::warn!(user = ?name, "APOP logins for this user are paused after repeated failures");
+            s.client.write(APOP_PAUSED).await?;
+            return Ok(None);
+        }
+    }
+    let (mut link, mut machine) = match pending.take() {
+        Some(ready) => ready,
+        None => match open(route).await {
+            Ok(ready) => ready,
+            Err(e) => return Err(temporary(s, e).await),
+        },
+    };
+    let done = match machine.login(resolved.upstream) {
+        Ok(first) => drive(&mut link, &mut machine, first).await,
+        Err(e) => Err(e),
+    };
+    let done = match done {
+        Ok(d) => d,
+        Err(e) => return Err(temporary(s, e).await),
+    };
+    let account = resolved.account;
+    let guard = |f: &dyn Fn(&mut crate::proto::apop::ApopGuard, &str)| {
+        if let (Some(u), Ok(mut g)) = (&apop_user, route.extra.apop.lock()) {
+            f(&mut g, u);
+        }
+    };
+    match done {
+        Done::LoggedIn => {
+            guard(&|g, u| g.succeeded(u));
+            if let Some(id) = account {
+                route.credentials.upstream_accepted(id);
+            }
+            tracing::info!(user = ?name, stored = account.is_some(), "logged in upstream");
+            s.user = Some(name);
+            s.client.write(b"+OK Logged in\r\n").await?;
+            Ok(Some(link))
+        }
+        Done::Refused(code) => {
+            guard(&|g, u| g.failed(u, Instant::now()));
+            tracing::warn!(user = ?name, code = ?code, stored = account.is_some(), "the upstream refused the login");
+            let answer: &[u8] = match account {
+                // Stored credentials: a temporary, non-credential error, so
+                // the client does not prompt for a password it does not
+                // own; and back off so the provider does not lock the account.
+                Some(id) => {
+                    route.credentials.upstream_rejected(id);
+                    STORED_REFUSED
+                }
+                None => refusal_for(code),
+            };
+            *pending = Some((link, machine));
+            s.client.write(answer).await?;
+            Ok(None)
+        }
+        Done::Ready => Err(temporary(
+            s,
+            UpstreamError::Protocol("the login ended without an answer".to_owned()),
+        )
+        .await),
+    }
+}
+
+/// Opens the upstream: connect, greeting (APOP timestamp), STLS, CAPA.
+async fn open(route: &Route<Pop3>) -> Result<(Link, UpstreamLogin), UpstreamError> {
+    let mut link = route.connect().await?;
+    let mut machine = UpstreamLogin::new(route.transport.security(), route.auth);
+    let first = machine.begin()?;
+    match drive(&mut link, &mut machine, first).await? {
+        Done::Ready => {}
+        _ => {
+            return Err(UpstreamError::Protocol(
+                "the server finished a login nobody started".to_owned(),
+            ))
+        }
+    }
+    tracing::debug!(tls = link.tls_version().unwrap_or("none"), "upstream ready");
+    if let Some(ts) = machine.timestamp() {
+        let fresh = route
+            .extra
+            .apop
+            .lock()
+            .map(|mut g| g.fresh(ts))
+            .unwrap_or(false);
+        if !fresh {
+            return Err(Misbehaved::RepeatedTimestamp.into());
+        }
+    }
+    if let Ok(mut snapshot) = route.extra.capabilities.lock() {
+        *snapshot = machine.capabilities().cloned();
+    }
+    Ok((link, machine))
+}
+
+/// postern itself refused the credentials.
+async fn refused_locally(s: &mut Session, name: &str, refusal: Refusal) -> Result<(), SessionEnd> {
+    tracing::warn!(user = ?name, %refusal, "login refused by postern");
+    let answer: &[u8] = match refusal {
+        Refusal::BadCredentials => {
+            // Slow down guessing; same delay whether or not the user exists.
+            tokio::time::sleep(limits::AUTH_FAILURE_DELAY).await;
+            b"-ERR [AUTH] Authentication failed\r\n"
+        }
+        Refusal::AddressBlocked => {
+            let _ = s.client.write(BLOCKED).await;
+            return Err(Closed::AddressBlocked.into());
+        }
+        _ => STORED_REFUSED,
+    };
+    s.client.write(answer).await?;
+    Ok(())
+}
+
+/// What a passthrough client hears when the upstream refused its login.
+fn refusal_for(code: RespCode) -> &'static [u8] {
+    match code {
+        RespCode::InUse => b"-ERR [IN-USE] The mailbox is in use by another session\r\n",
+        RespCode::LoginDelay => b"-ERR [LOGIN-DELAY] Logged in too recently; try again later\r\n",
+        RespCode::SysTemp => {
+            b"-ERR [SYS/TEMP] The mail server has a temporary problem; try again later\r\n"
+        }
+        RespCode::SysPerm => b"-ERR [SYS/PERM] The mail server refused the login\r\n",
+        _ => b"-ERR [AUTH] Authentication failed\r\n",
+    }
+}
