@@ -45,7 +45,6 @@ fuzz_target!(|data: &[u8]| {
             Step::Login(auth) => assert_safe_auth(&auth),
             Step::StartTls => m.on_tls(),
             Step::Quit => {}
-            _ => {}
         }
     }
 });

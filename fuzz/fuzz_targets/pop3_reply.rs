@@ -158,7 +158,6 @@ fn upstream(sel: u8, rest: &[u8]) {
                 step = m.authenticate(login());
                 continue;
             }
-            _ => {}
         }
         let Some(status) = lines.next() else { break };
         let mut body = Vec::new();

@@ -443,6 +443,19 @@ def cmd_route(a):
     pending = []  # (label, Message): sent, to be fetched back and compared
     smuggle = None
 
+    with R.block("EHLO before any login: conservative, no upstream connection"):
+        # postern connects upstream only at AUTH; before the first login of
+        # a route its EHLO cannot know the upstream's extensions.
+        s = smtplib.SMTP(HOST, a.via_port, timeout=TIMEOUT, local_hostname="client.interop.test")
+        code, banner = s.ehlo()
+        f = features(s)
+        R.record(code == 250 and "pipelining" in f and "size" in f,
+                 "EHLO answered by postern itself before any login", " ".join(sorted(f)))
+        s.quit()
+        # One login teaches the route the upstream's extensions.
+        s = smtplib_session(a.via_port, a.user, a.password)
+        s.quit()
+
     with R.block("EHLO through postern"):
         s = smtplib.SMTP(HOST, a.via_port, timeout=TIMEOUT, local_hostname="client.interop.test")
         code, banner = s.ehlo()

@@ -21,7 +21,6 @@ pub const READ_BUFFER: usize = 16 * 1024;
 
 /// A TCP stream, plain or wrapped in TLS.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
@@ -117,7 +116,6 @@ impl AsyncWrite for Stream {
 
 /// What [`Conn::read_line`] found.
 #[derive(Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum LineRead {
     /// A whole line, terminator included.
     Line(Vec<u8>),
@@ -358,7 +356,6 @@ impl Conn {
 
 /// Why a STARTTLS upgrade did not happen.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum UpgradeError {
     /// Bytes arrived after the go-ahead, before the handshake.
     #[error("the peer sent data after the TLS go-ahead and before the handshake (possible injection attack)")]

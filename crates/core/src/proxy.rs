@@ -49,7 +49,6 @@ const CMD_PROXY: u8 = 0x1;
 
 /// What a PROXY header said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ProxiedAddr {
     /// The real client (source) and the address it connected to (destination).
     Tcp {
@@ -78,7 +77,6 @@ impl ProxiedAddr {
 /// the fault of the client side (the load balancer or whoever connected),
 /// except [`ProxyError::Io`], which may be either.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ProxyError {
     /// Reading from the connection failed.
     #[error("reading the PROXY header failed: {0}")]

@@ -14,7 +14,6 @@ pub const MAX_CHALLENGE: usize = 1024;
 
 /// Why a SASL exchange failed on postern's side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum SaslError {
     /// The peer's data was not valid base64.
     #[error("the data is not valid base64")]

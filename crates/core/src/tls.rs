@@ -20,7 +20,6 @@ use crate::config::Upstream;
 
 /// A TLS setting could not be turned into a working configuration.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum TlsSetupError {
     /// The CA file could not be read or holds no certificate.
     #[error("cannot use the CA file {path}: {reason}")]

@@ -17,7 +17,6 @@ pub const MAX_TIMESTAMP: usize = 256;
 
 /// Why a greeting's timestamp cannot be used for APOP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum TimestampError {
     /// The greeting has no `<...>`.
     #[error("the server's greeting carries no APOP timestamp, so it does not offer APOP")]

@@ -28,7 +28,6 @@ pub const MAX_AUTHORIZATION_LINE: usize = 1024;
 
 /// What the driver should do next.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Step {
     /// Send these bytes to the client and read the next line.
     Reply(Cow<'static, [u8]>),

@@ -11,7 +11,6 @@ pub const MAX_SASL_LINE: usize = 12_288;
 
 /// A parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Command<'a> {
     /// `CAPA`
     Capa,
@@ -42,7 +41,6 @@ pub enum Command<'a> {
 
 /// Transaction-state commands postern relays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Transaction<'a> {
     /// `STAT`
     Stat,

@@ -10,7 +10,6 @@ pub const MAX_COLLECTED: usize = 16 * 1024;
 
 /// The first line of a server reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Status<'a> {
     /// `+OK [text]`
     Ok(&'a [u8]),
@@ -65,7 +64,6 @@ pub fn sanitize_status(line: &[u8]) -> Vec<u8> {
 
 /// An RFC 2449/3206 response code at the start of `-ERR` text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum RespCode {
     /// `[IN-USE]`: the maildrop is locked by another session.
     InUse,

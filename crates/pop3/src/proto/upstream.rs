@@ -27,7 +27,6 @@ use super::reply::{parse_status, Capabilities, RespCode, Status};
 
 /// What the driver should do next.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Step {
     /// Read the next reply (status line, plus the body if [`UpstreamLogin::expects_body`]).
     Read,

@@ -28,7 +28,6 @@ use super::reply::Reply;
 
 /// What the driver should do next.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Action {
     /// Send these bytes to the client.
     Reply(Cow<'static, [u8]>),
@@ -61,7 +60,6 @@ pub struct Forward {
 
 /// The kinds of forwarded commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Kind {
     /// MAIL FROM.
     Mail,
@@ -79,7 +77,6 @@ pub enum Kind {
 
 /// How the upstream login went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum LoginOutcome {
     /// Logged in.
     Accepted,

@@ -12,7 +12,6 @@ pub const MAX_COMMAND_LINE: usize = 1024;
 
 /// A parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Command<'a> {
     /// `EHLO domain`
     Ehlo(&'a [u8]),

@@ -14,7 +14,6 @@
 
 /// What the bytes fed so far amount to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Scan {
     /// No end yet; keep going.
     More,

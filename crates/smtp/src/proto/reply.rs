@@ -19,7 +19,6 @@ pub struct Reply {
 
 /// A reply line that breaks the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ReplyError {
     /// Not `ddd`, `ddd-` or `ddd SP`, or not ending in CRLF.
     #[error("the server sent a line that is not an SMTP reply")]

@@ -23,7 +23,6 @@ use super::reply::{Reply, ReplyBuilder};
 
 /// What the driver should do next.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Step {
     /// Read the next reply.
     Read,
