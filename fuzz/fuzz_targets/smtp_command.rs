@@ -70,7 +70,7 @@ fn session(sel: u8, data: &[u8]) {
         Policy {
             max_size: 1000,
             max_recipients: 3,
-            auth: "",
+            auth: postern_core::sasl::Mechanisms::NONE,
             offer_starttls: false,
         },
         "postern.test",

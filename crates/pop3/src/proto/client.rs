@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use postern_core::credentials::{ClientAuth, Login};
-use postern_core::sasl::{self, SaslError};
+use postern_core::sasl::{self, Mechanism, Mechanisms, Refused, SaslServer, ServerStep};
 use postern_core::Secret;
 
 use super::capa::{self, Offer};
@@ -49,8 +49,7 @@ pub use postern_core::tls::ListenTls;
 enum State {
     Idle,
     HaveUser(Vec<u8>),
-    SaslPlain,
-    SaslCram(Vec<u8>),
+    Sasl(SaslServer, Mechanism),
 }
 
 /// What postern itself can check (the route's credential source).
@@ -92,11 +91,25 @@ impl Authorization {
 
     fn offer(&self) -> Offer {
         let login = self.login_allowed();
+        let sasl = self.mechanisms();
         Offer {
             stls: self.tls.starttls && !self.tls.active,
-            login: login && self.local.passwords,
-            cram_md5: login && self.local.timestamp.is_some(),
+            login: login && sasl.has(Mechanism::Plain),
+            cram_md5: login && sasl.has(Mechanism::CramMd5),
         }
+    }
+
+    /// The SASL mechanisms postern accepts from this client (POP3 does not
+    /// offer LOGIN: USER/PASS is its plain-password form).
+    fn mechanisms(&self) -> Mechanisms {
+        let mut set = Mechanisms::NONE;
+        if self.local.passwords {
+            set = set.with(Mechanism::Plain);
+        }
+        if self.local.timestamp.is_some() {
+            set = set.with(Mechanism::CramMd5);
+        }
+        set
     }
 
     /// A fresh CRAM-MD5 challenge: postern's timestamp with a counter, so
@@ -104,10 +117,7 @@ impl Authorization {
     fn challenge(&mut self) -> Option<Vec<u8>> {
         let ts = self.local.timestamp.as_ref()?;
         self.challenges += 1;
-        let inner = ts.strip_prefix(b"<").unwrap_or(ts);
-        let mut c = format!("<{}.", self.challenges).into_bytes();
-        c.extend_from_slice(inner);
-        Some(c)
+        Some(sasl::numbered_challenge(ts, self.challenges))
     }
 
     fn login_allowed(&self) -> bool {
@@ -124,7 +134,7 @@ impl Authorization {
     /// The line-length cap for the next client line.
     pub fn max_line(&self) -> usize {
         match self.state {
-            State::SaslPlain => MAX_SASL_LINE,
+            State::Sasl(..) => MAX_SASL_LINE,
             _ => MAX_AUTHORIZATION_LINE.max(MAX_COMMAND_LINE),
         }
     }
@@ -141,12 +151,8 @@ impl Authorization {
             return Step::Close(b"-ERR This is a POP3 service, not a web server\r\n");
         }
         match std::mem::replace(&mut self.state, State::Idle) {
-            State::SaslPlain | State::SaslCram(_) if command::strip_eol(line) == b"*" => {
-                return reply("-ERR Authentication cancelled\r\n");
-            }
-            State::SaslPlain => return self.plain(command::strip_eol(line)),
-            State::SaslCram(challenge) => {
-                return cram_response(command::strip_eol(line), challenge)
+            State::Sasl(server, mechanism) => {
+                return self.sasl(server.on_line(command::strip_eol(line)), mechanism)
             }
             state => self.state = state,
         }
@@ -185,37 +191,23 @@ impl Authorization {
                 mechanism: None, ..
             } => {
                 let mut list = b"+OK Mechanisms follow\r\n".to_vec();
-                if self.local.passwords {
-                    list.extend_from_slice(b"PLAIN\r\n");
-                }
-                if self.local.timestamp.is_some() {
-                    list.extend_from_slice(b"CRAM-MD5\r\n");
+                for m in self.mechanisms().iter() {
+                    list.extend_from_slice(m.name().as_bytes());
+                    list.extend_from_slice(b"\r\n");
                 }
                 list.extend_from_slice(b".\r\n");
                 Step::Reply(Cow::Owned(list))
             }
             Command::Auth {
                 mechanism: Some(m),
-                initial: None,
-            } if m.eq_ignore_ascii_case(b"CRAM-MD5") => match self.challenge() {
-                Some(c) => {
-                    let prompt = format!("+ {}\r\n", sasl::encode(&c)).into_bytes();
-                    self.state = State::SaslCram(c);
-                    Step::Reply(Cow::Owned(prompt))
+                initial,
+            } => match Mechanism::parse(m).filter(|m| self.mechanisms().has(*m)) {
+                Some(mechanism) => {
+                    let challenge = self.challenge().unwrap_or_default();
+                    self.sasl(SaslServer::start(mechanism, initial, challenge), mechanism)
                 }
                 None => reply("-ERR Unsupported authentication mechanism\r\n"),
             },
-            Command::Auth {
-                mechanism: Some(m),
-                initial,
-            } if m.eq_ignore_ascii_case(b"PLAIN") && self.local.passwords => match initial {
-                Some(ir) => self.plain(ir),
-                None => {
-                    self.state = State::SaslPlain;
-                    reply("+ \r\n")
-                }
-            },
-            Command::Auth { .. } => reply("-ERR Unsupported authentication mechanism\r\n"),
             Command::Apop(user, digest) => match (&self.local.timestamp, std::str::from_utf8(user)) {
                 (Some(ts), Ok(user)) if !user.is_empty() => Step::Login(ClientAuth::Apop {
                     user: user.to_owned(),
@@ -237,39 +229,28 @@ impl Authorization {
         }
     }
 
-    fn plain(&mut self, b64: &[u8]) -> Step {
-        let decoded = match sasl::decode(b64) {
-            Ok(d) => d,
-            Err(_) => return reply("-ERR Invalid base64 in AUTH PLAIN\r\n"),
-        };
-        match sasl::parse_plain(&decoded) {
-            Ok(login) => Step::Login(ClientAuth::Password(login)),
-            Err(SaslError::AuthzidDiffers) => reply(
+    /// Renders a SASL step in POP3's words (RFC 5034).
+    fn sasl(&mut self, step: ServerStep, mechanism: Mechanism) -> Step {
+        match step {
+            ServerStep::Prompt(server, challenge) => {
+                self.state = State::Sasl(server, mechanism);
+                Step::Reply(Cow::Owned(
+                    format!("+ {}\r\n", sasl::encode(&challenge)).into_bytes(),
+                ))
+            }
+            ServerStep::Done(auth) => Step::Login(auth),
+            ServerStep::Cancelled => reply("-ERR Authentication cancelled\r\n"),
+            ServerStep::Refused(Refused::Base64) => Step::Reply(Cow::Owned(
+                format!("-ERR Invalid base64 in AUTH {}\r\n", mechanism.name()).into_bytes(),
+            )),
+            ServerStep::Refused(Refused::AuthzidDiffers) => reply(
                 "-ERR [AUTH] Logging in as another user (authorization identity) is not supported\r\n",
             ),
-            Err(_) => reply("-ERR [AUTH] Invalid AUTH PLAIN message\r\n"),
+            ServerStep::Refused(Refused::Invalid) => match mechanism {
+                Mechanism::Plain => reply("-ERR [AUTH] Invalid AUTH PLAIN message\r\n"),
+                _ => reply("-ERR [AUTH] Authentication failed\r\n"),
+            },
         }
-    }
-}
-
-/// A client's CRAM-MD5 response: base64 of `user SP hex-digest`.
-fn cram_response(b64: &[u8], challenge: Vec<u8>) -> Step {
-    let Ok(decoded) = sasl::decode(b64) else {
-        return reply("-ERR Invalid base64 in AUTH CRAM-MD5\r\n");
-    };
-    let Some(space) = decoded.iter().rposition(|b| *b == b' ') else {
-        return reply("-ERR [AUTH] Authentication failed\r\n");
-    };
-    let (user, digest) = (&decoded[..space], &decoded[space + 1..]);
-    match std::str::from_utf8(user) {
-        Ok(user) if !user.is_empty() && !user.bytes().any(|b| b.is_ascii_control()) => {
-            Step::Login(ClientAuth::CramMd5 {
-                user: user.to_owned(),
-                challenge,
-                digest: digest.to_vec(),
-            })
-        }
-        _ => reply("-ERR [AUTH] Authentication failed\r\n"),
     }
 }
 

@@ -18,9 +18,8 @@
 
 use std::borrow::Cow;
 
-use postern_core::credentials::{ClientAuth, Login};
-use postern_core::sasl::{self, SaslError};
-use postern_core::Secret;
+use postern_core::credentials::ClientAuth;
+use postern_core::sasl::{self, Mechanism, Mechanisms, Refused, SaslServer, ServerStep};
 
 use super::command::{self, clean_line, Command, MAX_COMMAND_LINE};
 use super::ehlo::{self, Extensions, Policy};
@@ -86,15 +85,6 @@ pub enum LoginOutcome {
     Rejected,
 }
 
-#[derive(Debug)]
-enum Sasl {
-    None,
-    PlainWait,
-    LoginUser,
-    LoginPass(Vec<u8>),
-    Cram(Vec<u8>),
-}
-
 /// How clients of this session authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalAuth {
@@ -125,7 +115,8 @@ pub struct ClientSession {
     authenticated: bool,
     in_mail: bool,
     accepted_rcpts: u32,
-    sasl: Sasl,
+    /// A SASL exchange in progress.
+    sasl: Option<SaslServer>,
 }
 
 fn reply(s: &'static str) -> Action {
@@ -157,7 +148,7 @@ impl ClientSession {
             greeted: false,
             in_mail: false,
             accepted_rcpts: 0,
-            sasl: Sasl::None,
+            sasl: None,
         }
     }
 
@@ -169,16 +160,23 @@ impl ClientSession {
         self.local.required && !self.local.device && self.login_allowed()
     }
 
+    /// The SASL mechanisms postern accepts from this client.
+    fn mechanisms(&self) -> Mechanisms {
+        let mut set = Mechanisms::NONE;
+        if self.local.passwords {
+            set = set.with(Mechanism::Plain).with(Mechanism::Login);
+        }
+        if self.local.challenge.is_some() {
+            set = set.with(Mechanism::CramMd5);
+        }
+        set
+    }
+
     fn ehlo_reply(&self) -> Vec<u8> {
-        let auth = match (
-            self.offers_auth(),
-            self.local.passwords,
-            self.local.challenge.is_some(),
-        ) {
-            (false, _, _) | (true, false, false) => "",
-            (true, true, false) => "PLAIN LOGIN",
-            (true, true, true) => "PLAIN LOGIN CRAM-MD5",
-            (true, false, true) => "CRAM-MD5",
+        let auth = if self.offers_auth() {
+            self.mechanisms()
+        } else {
+            Mechanisms::NONE
         };
         let policy = Policy {
             auth,
@@ -192,10 +190,7 @@ impl ClientSession {
     fn challenge(&mut self) -> Option<Vec<u8>> {
         let base = self.local.challenge.as_ref()?;
         self.challenges += 1;
-        let inner = base.strip_prefix(b"<").unwrap_or(base);
-        let mut c = format!("<{}.", self.challenges).into_bytes();
-        c.extend_from_slice(inner);
-        Some(c)
+        Some(sasl::numbered_challenge(base, self.challenges))
     }
 
     /// The handshake after STARTTLS succeeded: RFC 3207 §4.2, the session
@@ -204,7 +199,7 @@ impl ClientSession {
         self.tls.active = true;
         self.greeted = false;
         self.authenticated = self.local.device;
-        self.sasl = Sasl::None;
+        self.sasl = None;
         self.reset();
     }
 
@@ -225,7 +220,7 @@ impl ClientSession {
 
     /// A line was too long (already discarded).
     pub fn on_too_long(&mut self) -> Action {
-        self.sasl = Sasl::None;
+        self.sasl = None;
         reply("500 5.5.6 Line too long\r\n")
     }
 
@@ -241,8 +236,11 @@ impl ClientSession {
                 b"500 5.5.1 This is an SMTP service, not a web server; closing\r\n",
             );
         }
-        if !matches!(self.sasl, Sasl::None) {
-            return self.sasl_response(line);
+        if let Some(server) = self.sasl.take() {
+            let Some(data) = clean_line(line) else {
+                return reply("500 5.5.2 Syntax error: bare CR or LF in the command line\r\n");
+            };
+            return self.sasl(server.on_line(data));
         }
         let cmd = command::parse(line);
         if line.len() > MAX_COMMAND_LINE && !matches!(cmd, Command::Auth { .. }) {
@@ -371,88 +369,35 @@ impl ClientSession {
         if self.in_mail {
             return reply("503 5.5.1 AUTH is not permitted during a mail transaction\r\n");
         }
-        if mechanism.eq_ignore_ascii_case(b"CRAM-MD5") && initial.is_none() {
-            return match self.challenge() {
-                Some(c) => {
-                    let prompt = format!("334 {}\r\n", sasl::encode(&c)).into_bytes();
-                    self.sasl = Sasl::Cram(c);
-                    Action::Reply(Cow::Owned(prompt))
-                }
-                None => reply("504 5.5.4 Unrecognized authentication type\r\n"),
-            };
-        }
-        if !self.local.passwords {
-            return reply("504 5.5.4 Unrecognized authentication type\r\n");
-        }
-        if mechanism.eq_ignore_ascii_case(b"PLAIN") {
-            match initial {
-                Some(ir) => self.plain(ir),
-                None => {
-                    self.sasl = Sasl::PlainWait;
-                    reply("334 \r\n")
-                }
+        match Mechanism::parse(mechanism).filter(|m| self.mechanisms().has(*m)) {
+            Some(m) => {
+                let challenge = self.challenge().unwrap_or_default();
+                self.sasl(SaslServer::start(m, initial, challenge))
             }
-        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
-            match initial {
-                Some(user) => self.login_user(user),
-                None => {
-                    self.sasl = Sasl::LoginUser;
-                    reply("334 VXNlcm5hbWU6\r\n")
-                }
+            None => reply("504 5.5.4 Unrecognized authentication type\r\n"),
+        }
+    }
+
+    /// Renders a SASL step in SMTP's words (RFC 4954).
+    fn sasl(&mut self, step: ServerStep) -> Action {
+        match step {
+            ServerStep::Prompt(server, challenge) => {
+                self.sasl = Some(server);
+                Action::Reply(Cow::Owned(
+                    format!("334 {}\r\n", sasl::encode(&challenge)).into_bytes(),
+                ))
             }
-        } else {
-            reply("504 5.5.4 Unrecognized authentication type\r\n")
-        }
-    }
-
-    fn sasl_response(&mut self, line: &[u8]) -> Action {
-        let state = std::mem::replace(&mut self.sasl, Sasl::None);
-        let Some(data) = clean_line(line) else {
-            return reply("500 5.5.2 Syntax error: bare CR or LF in the command line\r\n");
-        };
-        if data == b"*" {
-            return reply("501 5.0.0 Authentication cancelled\r\n");
-        }
-        match state {
-            Sasl::PlainWait => self.plain(data),
-            Sasl::LoginUser => self.login_user(data),
-            Sasl::LoginPass(user) => match sasl::decode(data) {
-                Ok(pw) => self.login(&user, Secret::new(pw.to_vec())),
-                Err(_) => reply("501 5.5.2 Cannot decode the base64 response\r\n"),
-            },
-            Sasl::Cram(challenge) => cram_response(data, challenge),
-            Sasl::None => reply("503 5.5.1 No authentication in progress\r\n"),
-        }
-    }
-
-    fn login_user(&mut self, b64: &[u8]) -> Action {
-        match sasl::decode(b64) {
-            Ok(user) => {
-                self.sasl = Sasl::LoginPass(user.to_vec());
-                reply("334 UGFzc3dvcmQ6\r\n")
+            ServerStep::Done(auth) => Action::Login(auth),
+            ServerStep::Cancelled => reply("501 5.0.0 Authentication cancelled\r\n"),
+            ServerStep::Refused(Refused::Base64) => {
+                reply("501 5.5.2 Cannot decode the base64 response\r\n")
             }
-            Err(_) => reply("501 5.5.2 Cannot decode the base64 response\r\n"),
-        }
-    }
-
-    fn login(&mut self, user: &[u8], password: Secret) -> Action {
-        match Login::new(user, password) {
-            Ok(l) => Action::Login(ClientAuth::Password(l)),
-            Err(_) => reply("535 5.7.8 Authentication credentials invalid\r\n"),
-        }
-    }
-
-    fn plain(&mut self, b64: &[u8]) -> Action {
-        let decoded = match sasl::decode(b64) {
-            Ok(d) => d,
-            Err(_) => return reply("501 5.5.2 Cannot decode the base64 response\r\n"),
-        };
-        match sasl::parse_plain(&decoded) {
-            Ok(login) => Action::Login(ClientAuth::Password(login)),
-            Err(SaslError::AuthzidDiffers) => reply(
+            ServerStep::Refused(Refused::AuthzidDiffers) => reply(
                 "535 5.7.8 Authentication credentials invalid: acting as another user is not supported\r\n",
             ),
-            Err(_) => reply("535 5.7.8 Authentication credentials invalid\r\n"),
+            ServerStep::Refused(Refused::Invalid) => {
+                reply("535 5.7.8 Authentication credentials invalid\r\n")
+            }
         }
     }
 
@@ -493,26 +438,6 @@ impl ClientSession {
     }
 }
 
-/// A client's CRAM-MD5 response: base64 of `user SP hex-digest`.
-fn cram_response(b64: &[u8], challenge: Vec<u8>) -> Action {
-    let Ok(decoded) = sasl::decode(b64) else {
-        return reply("501 5.5.2 Cannot decode the base64 response\r\n");
-    };
-    let Some(space) = decoded.iter().rposition(|b| *b == b' ') else {
-        return reply("535 5.7.8 Authentication credentials invalid\r\n");
-    };
-    match std::str::from_utf8(&decoded[..space]) {
-        Ok(user) if !user.is_empty() && !user.bytes().any(|b| b.is_ascii_control()) => {
-            Action::Login(ClientAuth::CramMd5 {
-                user: user.to_owned(),
-                challenge,
-                digest: decoded[space + 1..].to_vec(),
-            })
-        }
-        _ => reply("535 5.7.8 Authentication credentials invalid\r\n"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,7 +453,7 @@ mod tests {
         Policy {
             max_size: 1000,
             max_recipients: 2,
-            auth: "",
+            auth: Mechanisms::NONE,
             offer_starttls: false,
         }
     }

@@ -6,6 +6,10 @@
 //! or its AUTH list (the client authenticates to postern, which converts).
 //! CHUNKING is not offered: BDAT is not relayed.
 
+#[cfg(test)]
+use postern_core::sasl::Mechanism;
+use postern_core::sasl::Mechanisms;
+
 use super::reply::Reply;
 
 /// The upstream's EHLO keywords (the lines after the first).
@@ -74,9 +78,8 @@ pub struct Policy {
     pub max_size: u64,
     /// Recipients per message (`452 4.5.3` beyond it).
     pub max_recipients: u32,
-    /// The AUTH mechanisms to offer (`PLAIN LOGIN`, `... CRAM-MD5`), or
-    /// empty for none.
-    pub auth: &'static str,
+    /// The AUTH mechanisms to offer (none: no AUTH line).
+    pub auth: Mechanisms,
     /// Offer `STARTTLS` (a `starttls` listener not yet upgraded).
     pub offer_starttls: bool,
 }
@@ -107,7 +110,7 @@ pub fn advertise(upstream: &Extensions, policy: &Policy, hostname: &str) -> Vec<
         lines.push("STARTTLS".to_owned());
     }
     if !policy.auth.is_empty() {
-        lines.push(format!("AUTH {}", policy.auth));
+        lines.push(format!("AUTH {}", policy.auth.names()));
     }
     let mut out = Vec::with_capacity(lines.len() * 16);
     let last = lines.len() - 1;
@@ -168,19 +171,21 @@ mod tests {
         let pass = Policy {
             max_size: 50_000,
             max_recipients: 100,
-            auth: "PLAIN LOGIN",
+            auth: Mechanisms::NONE
+                .with(Mechanism::Plain)
+                .with(Mechanism::Login),
             offer_starttls: false,
         };
         let device = Policy {
             max_size: 5_000,
             max_recipients: 100,
-            auth: "",
+            auth: Mechanisms::NONE,
             offer_starttls: false,
         };
         let before_tls = Policy {
             max_size: 50_000,
             max_recipients: 100,
-            auth: "",
+            auth: Mechanisms::NONE,
             offer_starttls: true,
         };
         for (up, policy, want) in [

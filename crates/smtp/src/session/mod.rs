@@ -129,7 +129,7 @@ fn client_session(route: &Route<Smtp>, s: &Session, device: bool) -> ClientSessi
     let policy = Policy {
         max_size: route.limits.message_size,
         max_recipients: route.limits.max_recipients,
-        auth: "",
+        auth: postern_core::sasl::Mechanisms::NONE,
         offer_starttls: false,
     };
     ClientSession::new(

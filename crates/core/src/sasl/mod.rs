@@ -9,6 +9,10 @@ use zeroize::Zeroizing;
 use crate::credentials::{Login, LoginRefused};
 use crate::secret::Secret;
 
+mod server;
+
+pub use server::{numbered_challenge, Mechanism, Mechanisms, Refused, SaslServer, ServerStep};
+
 /// The largest CRAM-MD5 challenge postern accepts from a server, decoded.
 pub const MAX_CHALLENGE: usize = 1024;
 
