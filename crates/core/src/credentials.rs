@@ -15,11 +15,10 @@
 //! if the route allows it. Local failures are counted per client address.
 //! Front ends only ever talk to this module.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use hmac::{KeyInit, Mac};
 use md5::{Digest as _, Md5};
@@ -30,6 +29,7 @@ use crate::acl::Acl;
 use crate::config::{Account, Credentials};
 use crate::limits;
 use crate::secret::Secret;
+use crate::throttle::{Pause, Rule, Throttle};
 
 /// A user name and password, checked to be safe to put on a command line.
 #[derive(Debug, Clone)]
@@ -211,80 +211,39 @@ struct StoredAccount {
     local_secret: Option<Secret>,
     sources: Option<Acl>,
     upstream: Login,
-    backoff: Mutex<Backoff>,
 }
 
-#[derive(Debug, Default)]
-struct Backoff {
-    strikes: u32,
-    until: Option<Instant>,
-}
+/// Local login failures per client address: 5 within 10 minutes block
+/// the address for 15 minutes.
+const ADDRESS_RULE: Rule = Rule {
+    threshold: limits::AUTH_FAILURES_BEFORE_BLOCK,
+    window: Some(limits::AUTH_FAILURE_WINDOW),
+    afresh_after_pause: false,
+    pause: Pause::Fixed(limits::AUTH_BLOCK_DURATION),
+};
 
-/// Counts local authentication failures per client address.
-#[derive(Debug, Default)]
-struct FailureLimiter {
-    by_addr: Mutex<HashMap<IpAddr, Failures>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Failures {
-    count: u32,
-    first: Instant,
-    blocked_until: Option<Instant>,
-}
-
-impl FailureLimiter {
-    fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        let Ok(map) = self.by_addr.lock() else {
-            return true;
-        };
-        map.get(&ip.to_canonical())
-            .and_then(|f| f.blocked_until)
-            .is_some_and(|until| now < until)
-    }
-
-    fn failed(&self, ip: IpAddr, now: Instant) {
-        let Ok(mut map) = self.by_addr.lock() else {
-            return;
-        };
-        // Bounded memory: forget stale entries when the table grows.
-        if map.len() > 10_000 {
-            map.retain(|_, f| {
-                now.duration_since(f.first) < limits::AUTH_FAILURE_WINDOW
-                    || f.blocked_until.is_some_and(|u| now < u)
-            });
-        }
-        let f = map.entry(ip.to_canonical()).or_insert(Failures {
-            count: 0,
-            first: now,
-            blocked_until: None,
-        });
-        if now.duration_since(f.first) > limits::AUTH_FAILURE_WINDOW {
-            *f = Failures {
-                count: 0,
-                first: now,
-                blocked_until: None,
-            };
-        }
-        f.count += 1;
-        if f.count >= limits::AUTH_FAILURES_BEFORE_BLOCK {
-            f.blocked_until = Some(now + limits::AUTH_BLOCK_DURATION);
-        }
-    }
-
-    fn succeeded(&self, ip: IpAddr) {
-        if let Ok(mut map) = self.by_addr.lock() {
-            map.remove(&ip.to_canonical());
-        }
-    }
-}
+/// Upstream refusals of a stored account: a pause from the first one,
+/// doubling with each further refusal (1 min … 32 min), so a provider does
+/// not lock the account out.
+const ACCOUNT_RULE: Rule = Rule {
+    threshold: 1,
+    window: None,
+    afresh_after_pause: false,
+    pause: Pause::Doubling {
+        first: limits::STORED_LOGIN_BACKOFF,
+        max_doublings: 5,
+    },
+};
 
 /// A route's stored accounts.
 #[derive(Debug)]
 pub struct Accounts {
     accounts: Vec<StoredAccount>,
     passthrough: bool,
-    limiter: FailureLimiter,
+    /// Local login failures, per client address.
+    addresses: Throttle<IpAddr>,
+    /// Upstream refusals, per stored account (its index).
+    backoff: Throttle<usize>,
 }
 
 /// The credential policy of one route.
@@ -333,7 +292,6 @@ impl StoredAccount {
             local_secret,
             sources: a.sources.clone().map(Acl::new),
             upstream,
-            backoff: Mutex::new(Backoff::default()),
         })
     }
 
@@ -369,13 +327,6 @@ impl StoredAccount {
             }
         }
     }
-
-    fn in_backoff(&self, now: Instant) -> bool {
-        self.backoff
-            .lock()
-            .map(|b| b.until.is_some_and(|u| now < u))
-            .unwrap_or(true)
-    }
 }
 
 impl CredentialSource {
@@ -391,7 +342,8 @@ impl CredentialSource {
                 Ok(Self::Accounts(Arc::new(Accounts {
                     accounts,
                     passthrough: cfg.passthrough,
-                    limiter: FailureLimiter::default(),
+                    addresses: Throttle::new(ADDRESS_RULE),
+                    backoff: Throttle::new(ACCOUNT_RULE),
                 })))
             }
             _ => Ok(Self::Passthrough),
@@ -426,7 +378,7 @@ impl CredentialSource {
             let bound =
                 x.local_user.is_none() && x.sources.as_ref().is_some_and(|acl| acl.allows(peer));
             bound.then(|| {
-                if x.in_backoff(now) {
+                if a.backoff.paused(&i, now) {
                     Err(Refusal::AccountBackoff)
                 } else {
                     Ok(Resolved {
@@ -442,7 +394,7 @@ impl CredentialSource {
     pub fn address_blocked(&self, peer: IpAddr) -> bool {
         match self {
             Self::Passthrough => false,
-            Self::Accounts(a) => a.limiter.blocked(peer, Instant::now()),
+            Self::Accounts(a) => a.addresses.paused(&peer.to_canonical(), Instant::now()),
         }
     }
 
@@ -462,7 +414,8 @@ impl CredentialSource {
             Self::Accounts(a) => a,
         };
         let now = Instant::now();
-        if a.limiter.blocked(peer, now) {
+        let peer = peer.to_canonical();
+        if a.addresses.paused(&peer, now) {
             return Err(Refusal::AddressBlocked);
         }
         let found = a
@@ -473,8 +426,8 @@ impl CredentialSource {
         match found {
             Some((i, account)) => {
                 if account.check(&auth) && account.allowed_from(peer) {
-                    a.limiter.succeeded(peer);
-                    if account.in_backoff(now) {
+                    a.addresses.clear(&peer);
+                    if a.backoff.paused(&i, now) {
                         return Err(Refusal::AccountBackoff);
                     }
                     Ok(Resolved {
@@ -482,7 +435,7 @@ impl CredentialSource {
                         account: Some(i),
                     })
                 } else {
-                    a.limiter.failed(peer, now);
+                    a.addresses.strike(peer, now);
                     Err(Refusal::BadCredentials)
                 }
             }
@@ -495,7 +448,7 @@ impl CredentialSource {
                     // Same cost as a real check, so timing does not tell
                     // whether the user exists.
                     let _ = same(b"postern", auth.user().as_bytes());
-                    a.limiter.failed(peer, now);
+                    a.addresses.strike(peer, now);
                     Err(Refusal::BadCredentials)
                 }
             },
@@ -506,22 +459,14 @@ impl CredentialSource {
     /// doubling, so the provider does not lock the account.
     pub fn upstream_rejected(&self, account: usize) {
         if let Self::Accounts(a) = self {
-            if let Some(Ok(mut b)) = a.accounts.get(account).map(|x| x.backoff.lock()) {
-                b.strikes = b.strikes.saturating_add(1);
-                let wait = limits::STORED_LOGIN_BACKOFF
-                    .saturating_mul(1 << b.strikes.min(6).saturating_sub(1))
-                    .min(Duration::from_secs(3600));
-                b.until = Some(Instant::now() + wait);
-            }
+            a.backoff.strike(account, Instant::now());
         }
     }
 
     /// The upstream accepted a stored account's credentials.
     pub fn upstream_accepted(&self, account: usize) {
         if let Self::Accounts(a) = self {
-            if let Some(Ok(mut b)) = a.accounts.get(account).map(|x| x.backoff.lock()) {
-                *b = Backoff::default();
-            }
+            a.backoff.clear(&account);
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod sniff;
+pub mod throttle;
 pub mod tls;
 pub mod upstream;
 

@@ -8,6 +8,7 @@
 //! bounded length.
 
 use md5::{Digest, Md5};
+use postern_core::throttle::{Pause, Rule, Throttle};
 use zeroize::Zeroizing;
 
 use postern_core::Secret;
@@ -72,10 +73,24 @@ pub fn digest(timestamp: &[u8], password: &Secret) -> Zeroizing<String> {
 /// - after [`ApopGuard::MAX_FAILURES`] consecutive failures for a user,
 ///   postern stops sending that user's digests for [`ApopGuard::PAUSE`], so
 ///   an auto-polling client cannot supply the attack's logins.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ApopGuard {
     seen: std::collections::VecDeque<Vec<u8>>,
-    failures: std::collections::HashMap<String, (u32, Option<std::time::Instant>)>,
+    failures: Throttle<String>,
+}
+
+impl Default for ApopGuard {
+    fn default() -> Self {
+        Self {
+            seen: std::collections::VecDeque::new(),
+            failures: Throttle::new(Rule {
+                threshold: Self::MAX_FAILURES,
+                window: None,
+                afresh_after_pause: true,
+                pause: Pause::Fixed(Self::PAUSE),
+            }),
+        }
+    }
 }
 
 impl ApopGuard {
@@ -100,31 +115,17 @@ impl ApopGuard {
 
     /// Whether postern may send a digest for `user` now.
     pub fn allowed(&self, user: &str, now: std::time::Instant) -> bool {
-        self.failures
-            .get(user)
-            .and_then(|(_, until)| *until)
-            .is_none_or(|until| now >= until)
+        !self.failures.paused(&user.to_owned(), now)
     }
 
     /// The upstream refused `user`'s digest.
-    pub fn failed(&mut self, user: &str, now: std::time::Instant) {
-        if self.failures.len() > 10_000 {
-            self.failures
-                .retain(|_, (_, until)| until.is_some_and(|u| now < u));
-        }
-        let entry = self.failures.entry(user.to_owned()).or_insert((0, None));
-        if entry.1.is_some_and(|u| now >= u) {
-            *entry = (0, None);
-        }
-        entry.0 += 1;
-        if entry.0 >= Self::MAX_FAILURES {
-            entry.1 = Some(now + Self::PAUSE);
-        }
+    pub fn failed(&self, user: &str, now: std::time::Instant) {
+        self.failures.strike(user.to_owned(), now);
     }
 
     /// The upstream accepted `user`'s digest.
-    pub fn succeeded(&mut self, user: &str) {
-        self.failures.remove(user);
+    pub fn succeeded(&self, user: &str) {
+        self.failures.clear(&user.to_owned());
     }
 }
 

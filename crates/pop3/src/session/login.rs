@@ -67,14 +67,18 @@ pub(super) async fn attempt(
         Err(e) => return Err(temporary(s, e).await),
     };
     let account = resolved.account;
-    let guard = |f: &dyn Fn(&mut crate::proto::apop::ApopGuard, &str)| {
-        if let (Some(u), Ok(mut g)) = (&apop_user, route.extra.apop.lock()) {
-            f(&mut g, u);
+    let apop_guard = |succeeded: bool| {
+        if let (Some(u), Ok(g)) = (&apop_user, route.extra.apop.lock()) {
+            if succeeded {
+                g.succeeded(u);
+            } else {
+                g.failed(u, Instant::now());
+            }
         }
     };
     match done {
         Done::LoggedIn => {
-            guard(&|g, u| g.succeeded(u));
+            apop_guard(true);
             if let Some(id) = account {
                 route.credentials.upstream_accepted(id);
             }
@@ -84,7 +88,7 @@ pub(super) async fn attempt(
             Ok(Some(link))
         }
         Done::Refused(code) => {
-            guard(&|g, u| g.failed(u, Instant::now()));
+            apop_guard(false);
             tracing::warn!(user = ?name, code = ?code, stored = account.is_some(), "the upstream refused the login");
             let answer: &[u8] = match account {
                 // Stored credentials: a temporary, non-credential error, so
