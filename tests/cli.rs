@@ -125,7 +125,7 @@ fn version_and_help() {
 }
 
 /// `postern run` on a config whose upstream cannot resolve: it starts,
-/// answers -ERR [SYS/TEMP], and stops cleanly on SIGTERM.
+/// greets, answers the login -ERR [SYS/TEMP], and stops cleanly on SIGTERM.
 #[cfg(unix)]
 #[test]
 fn run_starts_answers_and_stops_on_sigterm() {
@@ -147,7 +147,7 @@ fn run_starts_answers_and_stops_on_sigterm() {
         .spawn()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
+    let stream = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => break s,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
@@ -157,12 +157,23 @@ fn run_starts_answers_and_stops_on_sigterm() {
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
+    // postern greets itself; the upstream is resolved at login.
+    let mut reader = BufReader::new(&stream);
     let mut greeting = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut greeting)
-        .expect("greeting");
-    assert!(greeting.starts_with("-ERR [SYS/TEMP]"), "{greeting}");
-    let _ = stream.write_all(b"QUIT\r\n");
+    reader.read_line(&mut greeting).expect("greeting");
+    assert!(
+        greeting.starts_with("+OK postern POP3 gateway ready"),
+        "{greeting}"
+    );
+    (&stream).write_all(b"USER a\r\n").expect("send USER");
+    let mut user = String::new();
+    reader.read_line(&mut user).expect("reply to USER");
+    assert!(user.starts_with("+OK"), "USER is answered locally: {user}");
+    (&stream).write_all(b"PASS b\r\n").expect("send PASS");
+    let mut pass = String::new();
+    reader.read_line(&mut pass).expect("reply to PASS");
+    assert!(pass.starts_with("-ERR [SYS/TEMP]"), "{pass}");
+    let _ = (&stream).write_all(b"QUIT\r\n");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -116,13 +116,13 @@ async fn pop3_status_text_is_sanitized_and_garbage_fails() {
 
 #[tokio::test]
 async fn pop3_upstream_closing_inside_a_multiline_reply_gives_a_temporary_error() {
-    // CAPA's body is cut before its terminator: the client gets SYS/TEMP,
-    // not a greeting built on half a capability list.
+    // CAPA's body is cut before its terminator: the client's login gets
+    // SYS/TEMP, not a login built on half a capability list.
     let up = scripted_with(vec![b"+OK ready\r\n", b"+OK capa follows\r\nTOP\r\n"], true).await;
     let gw = start(&pop3(up)).await;
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
     c.set_timeout(Duration::from_secs(10));
-    let r = c.read_line().await.expect("greeting");
+    let r = common::pop3_greet_and_pass(&mut c, "a", "b").await;
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
     gw.stop().await;
 }
@@ -132,7 +132,13 @@ async fn smtp_code_change_inside_a_multiline_reply_fails_closed() {
     let up = scripted(vec![b"220 hi\r\n", b"250-fake\r\n251 PIPELINING\r\n"]).await;
     let gw = start(&smtp(up)).await;
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    // postern greets and answers EHLO itself; an `auth: none` route opens
+    // the upstream (and meets its broken EHLO reply) at the first MAIL.
     let r = c.read_smtp_reply().await.expect("greeting");
+    assert!(r[0].starts_with(common::SMTP_GREETING), "{r:?}");
+    let r = c.smtp_command("EHLO c").await.expect("ehlo");
+    assert!(r.last().expect("a reply").starts_with("250 "), "{r:?}");
+    let r = c.smtp_command("MAIL FROM:<a@x>").await.expect("mail");
     assert!(r[0].starts_with("421"), "{r:?}");
     gw.stop().await;
 }

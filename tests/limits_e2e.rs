@@ -220,9 +220,13 @@ async fn a_black_hole_upstream_gives_a_fast_temporary_error() {
         common::pop3_route("p", hole, "none", "apop", "")
     );
     let gw = start(&yaml).await;
-    let started = Instant::now();
     let mut c = LineClient::connect(gw.addr("p")).await.expect("connect");
-    let r = c.read_line().await.expect("greeting");
+    // postern greets itself; the upstream is opened by the login.
+    let greeting = c.read_line().await.expect("greeting");
+    assert!(greeting.starts_with(common::POP3_GREETING), "{greeting}");
+    assert!(c.command("USER a").await.expect("user").starts_with("+OK"));
+    let started = Instant::now();
+    let r = c.command("PASS b").await.expect("pass");
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
     assert!(
         started.elapsed() < Duration::from_secs(3),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pop3_route, start};
+use common::{pop3_greet_and_pass, pop3_route, start, POP3_GREETING};
 use postern_testkit::{
     dot_stuff, sasl_plain_response, CapaBehaviour, FakePop3, FakeSecurity, LineClient, Pop3Event,
     Pop3Script, StlsBehaviour, TempDir, TestPki,
@@ -222,6 +222,41 @@ async fn capa_before_login_reflects_the_upstream_and_top_uidl_relay() {
         pop3_route("r", up.fake.addr(), "starttls", "cram-md5", &up.extra)
     ))
     .await;
+    // Before any session has logged in, postern knows nothing of the
+    // upstream: CAPA is its own, conservative list (no relayed TOP/UIDL).
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    let greeting = c.read_line().await.expect("greeting");
+    assert!(greeting.starts_with(POP3_GREETING), "{greeting}");
+    assert!(c.command("CAPA").await.expect("capa").starts_with("+OK"));
+    let caps = c.read_multiline_lines().await.expect("caps");
+    for want in [
+        "USER",
+        "SASL PLAIN",
+        "RESP-CODES",
+        "AUTH-RESP-CODE",
+        "PIPELINING",
+    ] {
+        assert!(
+            caps.iter().any(|l| l == want),
+            "{want} missing from {caps:?}"
+        );
+    }
+    assert!(
+        !caps.iter().any(|l| l == "TOP" || l == "UIDL"),
+        "relayed commands offered before the upstream was ever seen: {caps:?}"
+    );
+    assert!(
+        !caps.iter().any(|l| l == "STLS" || l.contains("CRAM-MD5")),
+        "{caps:?}"
+    );
+    assert_eq!(up.fake.connections(), 0, "CAPA before login went upstream");
+    // One complete session teaches postern the upstream's capabilities.
+    assert!(c.command("USER a").await.expect("user").starts_with("+OK"));
+    assert!(c.command("PASS b").await.expect("pass").starts_with("+OK"));
+    assert!(c.command("QUIT").await.expect("quit").starts_with("+OK"));
+    drop(c);
+
+    // The next session's CAPA before login reflects them.
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
     c.read_line().await.expect("greeting");
     assert!(c.command("CAPA").await.expect("capa").starts_with("+OK"));
@@ -317,11 +352,10 @@ async fn stls_stripping_and_injection_fail_closed() {
         ))
         .await;
         let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-        let greeting = c.read_line().await.expect("greeting");
-        assert!(
-            greeting.starts_with("-ERR [SYS/TEMP]"),
-            "{what}: {greeting}"
-        );
+        // postern greets itself; the upstream is opened (and found
+        // insecure) only when the client logs in.
+        let r = pop3_greet_and_pass(&mut c, "a", "b").await;
+        assert!(r.starts_with("-ERR [SYS/TEMP]"), "{what}: {r}");
         let (_, _) = c.read_to_close().await;
         assert!(
             up.fake.wait_closed(1, WAIT).await,
@@ -405,19 +439,12 @@ async fn certificate_verification_name_ca_and_pins() {
         ))
         .await;
         let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-        let greeting = c.read_line().await.expect("greeting");
+        // The certificate is checked when the login opens the upstream.
+        let r = pop3_greet_and_pass(&mut c, "a", "b").await;
         if works {
-            assert!(greeting.starts_with("+OK"), "{what}: {greeting}");
-            assert!(c.command("USER a").await.expect("user").starts_with("+OK"));
-            assert!(
-                c.command("PASS b").await.expect("pass").starts_with("+OK"),
-                "{what}"
-            );
+            assert!(r.starts_with("+OK"), "{what}: {r}");
         } else {
-            assert!(
-                greeting.starts_with("-ERR [SYS/TEMP]"),
-                "{what}: {greeting}"
-            );
+            assert!(r.starts_with("-ERR [SYS/TEMP]"), "{what}: {r}");
             assert!(
                 !fake
                     .events()
@@ -451,11 +478,9 @@ async fn bad_apop_timestamps_fail_closed_without_falling_back() {
         ))
         .await;
         let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-        let greeting = c.read_line().await.expect("greeting");
-        assert!(
-            greeting.starts_with("-ERR [SYS/TEMP]"),
-            "{ts:?}: {greeting}"
-        );
+        // The upstream's timestamp is fetched (and refused) at login.
+        let r = pop3_greet_and_pass(&mut c, "a", "b").await;
+        assert!(r.starts_with("-ERR [SYS/TEMP]"), "{ts:?}: {r}");
         assert!(fake.wait_closed(1, WAIT).await);
         let cmds = fake.commands();
         assert!(
@@ -557,11 +582,9 @@ async fn unresolvable_or_refusing_upstreams_give_a_temporary_error() {
     let gw = start(&yaml).await;
     for route in ["dns", "refused", "dns"] {
         let mut c = LineClient::connect(gw.addr(route)).await.expect("connect");
-        let greeting = c.read_line().await.expect("greeting");
-        assert!(
-            greeting.starts_with("-ERR [SYS/TEMP]"),
-            "{route}: {greeting}"
-        );
+        // postern greets itself; the upstream is tried at login.
+        let r = pop3_greet_and_pass(&mut c, "a", "b").await;
+        assert!(r.starts_with("-ERR [SYS/TEMP]"), "{route}: {r}");
     }
     gw.stop().await;
 }
@@ -788,13 +811,27 @@ async fn apop_timestamp_reuse_and_failure_bursts_are_refused() {
         pop3_route("r", fixed.addr(), "none", "apop", "")
     ))
     .await;
+    // The upstream's timestamp is fetched at login: the first login uses
+    // it, a second login meeting the same one is refused before any digest.
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-    assert!(c.read_line().await.expect("greeting").starts_with("+OK"));
+    let r = pop3_greet_and_pass(&mut c, "a", "b").await;
+    assert!(r.starts_with("+OK"), "{r}");
     let mut c2 = LineClient::connect(gw.addr("r")).await.expect("connect");
-    let g = c2.read_line().await.expect("greeting");
+    let r = pop3_greet_and_pass(&mut c2, "a", "b").await;
     assert!(
-        g.starts_with("-ERR [SYS/TEMP]"),
-        "a repeated timestamp was accepted: {g}"
+        r.starts_with("-ERR [SYS/TEMP]"),
+        "a repeated timestamp was accepted: {r}"
+    );
+    let apops = fixed
+        .commands()
+        .iter()
+        .filter(|l| l.starts_with("APOP"))
+        .count();
+    assert_eq!(
+        apops,
+        1,
+        "a digest was sent for a repeated timestamp: {:?}",
+        fixed.commands()
     );
     drop(c);
     gw.stop().await;

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::start;
+use common::{start, SMTP_GREETING};
 use postern_testkit::{
     login_base64, sasl_plain_response, DataEnd, EhloBehaviour, FakeSecurity, FakeSmtp, LineClient,
     SmtpEvent, SmtpScript, StarttlsBehaviour, TempDir, TestPki,
@@ -70,6 +70,23 @@ async fn connect(gw: &common::Running) -> LineClient {
     let greeting = c.read_smtp_reply().await.expect("greeting");
     assert!(greeting[0].starts_with("220"), "{greeting:?}");
     c
+}
+
+/// Connects, checks postern's own greeting, EHLO (answered locally), then
+/// AUTH PLAIN as alice: returns the reply to AUTH, the command that opens
+/// the upstream on routes with auth.
+async fn greet_ehlo_auth(gw: &common::Running) -> Vec<String> {
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    let greeting = c.read_smtp_reply().await.expect("greeting");
+    assert!(greeting[0].starts_with(SMTP_GREETING), "{greeting:?}");
+    let ehlo = c.smtp_command("EHLO c").await.expect("ehlo");
+    assert_eq!(code(&ehlo), "250", "{ehlo:?}");
+    c.smtp_command(&format!(
+        "AUTH PLAIN {}",
+        sasl_plain_response("", "alice", "wonderland")
+    ))
+    .await
+    .expect("auth")
 }
 
 fn code(reply: &[String]) -> &str {
@@ -454,6 +471,33 @@ async fn size_limits_follow_the_upstream() {
         SmtpScript::new().extensions(&["SIZE 1000", "8BITMIME"]),
     )
     .await;
+    // Before any session postern has not seen the upstream: EHLO offers
+    // the route's own SIZE limit and none of the relayed extensions.
+    let mut c = connect(&gw).await;
+    let ehlo = c.smtp_command("EHLO c").await.expect("ehlo");
+    let route_limit = format!("SIZE {}", postern_core::limits::SMTP_MAX_MESSAGE_SIZE);
+    assert!(ehlo.iter().any(|l| l.ends_with(&route_limit)), "{ehlo:?}");
+    assert!(
+        !ehlo
+            .iter()
+            .any(|l| l.ends_with("8BITMIME") || l.contains("SMTPUTF8") || l.ends_with("DSN")),
+        "offered before the upstream was ever seen: {ehlo:?}"
+    );
+    assert_eq!(up.fake.connections(), 0, "EHLO before login went upstream");
+    // One complete session (a login through the fake) teaches postern the
+    // upstream's extensions.
+    let r = c
+        .smtp_command(&format!(
+            "AUTH PLAIN {}",
+            sasl_plain_response("", "alice", "wonderland")
+        ))
+        .await
+        .expect("auth");
+    assert_eq!(code(&r), "235", "{r:?}");
+    assert_eq!(code(&c.smtp_command("QUIT").await.expect("quit")), "221");
+    drop(c);
+
+    // The next session's EHLO follows the upstream.
     let mut c = connect(&gw).await;
     let ehlo = c.smtp_command("EHLO c").await.expect("ehlo");
     assert!(ehlo.iter().any(|l| l.ends_with("SIZE 1000")), "{ehlo:?}");
@@ -583,8 +627,9 @@ async fn starttls_stripping_and_injection_fail_closed() {
     ];
     for (what, script) in cases {
         let (up, gw) = gateway(&pki, "starttls", "plain", script).await;
-        let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-        let r = c.read_smtp_reply().await.expect("greeting");
+        // postern greets and answers EHLO itself; the upstream is opened
+        // (and found insecure) at AUTH.
+        let r = greet_ehlo_auth(&gw).await;
         assert!(r[0].starts_with("421 4.7.0"), "{what}: {r:?}");
         assert!(up.fake.wait_closed(1, WAIT).await, "{what}");
         assert!(
@@ -601,8 +646,7 @@ async fn starttls_stripping_and_injection_fail_closed() {
         SmtpScript::new().auth_mechanisms(&["PLAIN", "LOGIN"]),
     )
     .await;
-    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-    let r = c.read_smtp_reply().await.expect("greeting");
+    let r = greet_ehlo_auth(&gw).await;
     assert!(r[0].starts_with("421"), "{r:?}");
     assert!(!up.fake.commands().iter().any(|l| l.starts_with("AUTH")));
     gw.stop().await;
@@ -619,8 +663,8 @@ async fn unreachable_upstream_gives_a_temporary_error() {
         smtp_route("r", closed, "none", "cram-md5", "")
     ))
     .await;
-    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-    let r = c.read_smtp_reply().await.expect("greeting");
+    // postern greets and answers EHLO itself; the upstream is tried at AUTH.
+    let r = greet_ehlo_auth(&gw).await;
     assert!(r[0].starts_with("421 4.4.1"), "{r:?}");
     gw.stop().await;
 }

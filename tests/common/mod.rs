@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use postern::config::Config;
 use postern::Gateway;
+use postern_testkit::LineClient;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -71,4 +72,26 @@ pub fn pop3_route(
     format!(
         "  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: {security}, auth: {auth}{plaintext}{extra} }}\n"
     )
+}
+
+/// postern's own POP3 greeting (a route with local secrets appends an APOP
+/// timestamp): sent at once, before any upstream connection.
+pub const POP3_GREETING: &str = "+OK postern POP3 gateway ready";
+
+/// postern's own SMTP greeting: sent at once, before any upstream connection.
+pub const SMTP_GREETING: &str = "220 postern ESMTP gateway ready";
+
+/// Reads postern's own POP3 greeting (asserting it is [`POP3_GREETING`]),
+/// sends `USER user` (answered locally with `+OK`), then `PASS password`,
+/// and returns the reply to PASS: the point where the upstream is opened,
+/// so where an upstream failure shows.
+pub async fn pop3_greet_and_pass(c: &mut LineClient, user: &str, password: &str) -> String {
+    let greeting = c.read_line().await.expect("greeting");
+    assert!(
+        greeting.starts_with(POP3_GREETING),
+        "not postern's own greeting: {greeting}"
+    );
+    let r = c.command(&format!("USER {user}")).await.expect("user");
+    assert!(r.starts_with("+OK"), "USER is answered locally: {r}");
+    c.command(&format!("PASS {password}")).await.expect("pass")
 }
