@@ -8,80 +8,21 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::stream::Stream;
 
 /// Default bound on each read.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest line the client accepts before calling the peer broken.
 const MAX_LINE: usize = 64 * 1024;
-
-enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while an upgrade is in flight or after one failed.
-    Gone,
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Self::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Self::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Self::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Self::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "stream lost in a failed TLS upgrade",
-    )
-}
 
 fn server_name(name: &str) -> io::Result<ServerName<'static>> {
     ServerName::try_from(name.to_owned())
@@ -90,7 +31,7 @@ fn server_name(name: &str) -> io::Result<ServerName<'static>> {
 
 /// A test client speaking CRLF lines.
 pub struct LineClient {
-    stream: ClientStream,
+    stream: Stream,
     buf: Vec<u8>,
     timeout: Duration,
 }
@@ -108,7 +49,7 @@ impl LineClient {
     /// Connect in plain TCP.
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
         let tcp = TcpStream::connect(addr).await?;
-        Ok(Self::from_stream(ClientStream::Plain(tcp)))
+        Ok(Self::from_stream(Stream::Plain(tcp)))
     }
 
     /// Connect in plain TCP from a chosen local address (any 127.0.0.0/8
@@ -120,7 +61,7 @@ impl LineClient {
         };
         socket.bind(SocketAddr::new(local, 0))?;
         let tcp = socket.connect(addr).await?;
-        Ok(Self::from_stream(ClientStream::Plain(tcp)))
+        Ok(Self::from_stream(Stream::Plain(tcp)))
     }
 
     /// Connect with implicit TLS (handshake before any protocol byte).
@@ -133,10 +74,10 @@ impl LineClient {
         let tls = TlsConnector::from(config)
             .connect(server_name(name)?, tcp)
             .await?;
-        Ok(Self::from_stream(ClientStream::Tls(Box::new(tls))))
+        Ok(Self::from_stream(Stream::tls(tls)))
     }
 
-    fn from_stream(stream: ClientStream) -> Self {
+    fn from_stream(stream: Stream) -> Self {
         Self {
             stream,
             buf: Vec::new(),
@@ -156,7 +97,7 @@ impl LineClient {
 
     /// Whether the connection is TLS now.
     pub fn is_tls(&self) -> bool {
-        matches!(self.stream, ClientStream::Tls(_))
+        self.stream.is_tls()
     }
 
     /// Bytes received but not yet consumed as a line.
@@ -180,15 +121,11 @@ impl LineClient {
             ));
         }
         let name = server_name(name)?;
-        let tcp = match std::mem::replace(&mut self.stream, ClientStream::Gone) {
-            ClientStream::Plain(tcp) => tcp,
-            other => {
-                self.stream = other;
-                return Err(io::Error::other("connection is not plain"));
-            }
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(io::Error::other("connection is not plain"));
         };
         let tls = TlsConnector::from(config).connect(name, tcp).await?;
-        self.stream = ClientStream::Tls(Box::new(tls));
+        self.stream = Stream::tls(tls);
         Ok(())
     }
 
@@ -202,18 +139,14 @@ impl LineClient {
 
     /// Send bytes verbatim, in one write.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await?;
-        self.stream.flush().await
+        self.stream.write_flush(bytes).await
     }
 
     /// Read more bytes into the buffer; `Ok(0)` on EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 16384];
-        let n = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk))
+        tokio::time::timeout(self.timeout, self.stream.fill(&mut self.buf))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))??;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "read timed out"))?
     }
 
     /// Read until at least `n` bytes are buffered (e.g. to see bytes a
@@ -345,9 +278,4 @@ impl LineClient {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
     }
-}
-
-/// Position of `needle` in `hay`.
-pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }

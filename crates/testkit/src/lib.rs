@@ -17,23 +17,30 @@
 
 mod auth;
 mod client;
+mod fake;
 mod pki;
 mod pop3;
+mod sasl;
 mod smtp;
+mod stream;
+mod stuffing;
 mod tempdir;
+mod unique;
 
 pub use auth::{
     cram_md5_digest, cram_md5_response, login_base64, lower_hex, rfc1939_apop_digest,
     sasl_plain_response,
 };
 pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
+pub use fake::FakeSecurity;
 pub use pki::{ring_provider, TestPki, DEFAULT_LEAF_NAMES, TEST_CA_COMMON_NAME};
 pub use pop3::{
-    dot_stuff, dot_unstuff, CapaBehaviour, FakePop3, FakeSecurity, LoggedEvent, Pop3Event,
-    Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP, UNIQUE_TIMESTAMP,
+    CapaBehaviour, FakePop3, LoggedEvent, Pop3Event, Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP,
+    UNIQUE_TIMESTAMP,
 };
 pub use smtp::{
     BareKind, DataEnd, EhloBehaviour, FakeSmtp, LoggedSmtpEvent, ReceivedMessage, SmtpEvent,
     SmtpScript, StarttlsBehaviour, FAKE_SMTP_HOST,
 };
+pub use stuffing::{dot_stuff, dot_unstuff};
 pub use tempdir::TempDir;

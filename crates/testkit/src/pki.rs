@@ -8,9 +8,7 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use rcgen::{
@@ -19,6 +17,8 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest as _, Sha256};
+
+use crate::unique::{stamp, Stamp};
 
 /// Common name of every test CA.
 pub const TEST_CA_COMMON_NAME: &str = "postern test CA";
@@ -186,13 +186,8 @@ impl TestPki {
 }
 
 fn unique_label() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("run {}-{n}-{nanos}", std::process::id())
+    let Stamp { pid, n, nanos } = stamp();
+    format!("run {pid}-{n}-{nanos}")
 }
 
 fn mint_leaf(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> Leaf {
