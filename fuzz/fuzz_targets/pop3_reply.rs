@@ -6,11 +6,11 @@ use libfuzzer_sys::fuzz_target;
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::Secret;
-use postern_fuzz::{assert_crlf_lines, assert_one_line, lines, split_point};
+use postern_fuzz::{assert_crlf_lines, drive_machine, lines, split_point};
 use postern_pop3::proto::capa::{self, Offer};
 use postern_pop3::proto::command::strip_eol;
-use postern_pop3::proto::reply::{parse_status, unstuff, BodyEnd, Capabilities, Status};
-use postern_pop3::proto::upstream::{Step, UpstreamLogin};
+use postern_pop3::proto::reply::{parse_status, BodyEnd, Capabilities, Status};
+use postern_pop3::proto::upstream::{Connect, LoginDone};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(Status::Ok(t) | Status::Err(t) | Status::Continue(t)) = parse_status(data) {
@@ -135,45 +135,22 @@ fn login() -> Login {
     }
 }
 
-/// Drives the upstream machine with the input's lines as server replies,
-/// collecting bodies the way the driver does when it expects one.
+/// Drives the connect machine and then logins with the input's lines as
+/// server replies, each framed as the driver frames them; a refused login
+/// is retried on the same connection, as a client may.
 fn upstream(sel: u8, rest: &[u8]) {
-    let mut m = UpstreamLogin::new(security(sel), auth(sel / 3));
+    let mut m = Connect::new(security(sel), auth(sel / 3));
     let mut lines = lines(rest);
-    let mut step = m.start();
-    let mut steps = 0;
-    loop {
-        steps += 1;
-        if steps > 10_000 {
-            panic!("upstream machine does not make progress");
-        }
-        match step {
-            Step::Read | Step::Refused(_) | Step::Fail(_) | Step::LoggedIn => {}
-            Step::Send(bytes) => assert_one_line("command to the server", &bytes),
-            Step::StartTls => {
-                step = m.on_tls();
-                continue;
-            }
-            Step::Ready => {
-                step = m.authenticate(login());
-                continue;
-            }
-        }
-        let Some(status) = lines.next() else { break };
-        let mut body = Vec::new();
-        if m.expects_body() && matches!(parse_status(status), Some(Status::Ok(_))) {
-            for l in lines.by_ref() {
-                if l == b".\r\n" {
-                    break;
-                }
-                body.push(unstuff(strip_eol(l)).to_vec());
-            }
-        }
-        step = m.on_reply(status, &body);
-        if let Step::Refused(_) = step {
-            // The machine is Ready again: the client may try another login.
-            step = m.authenticate(login());
+    let first = m.begin();
+    let Some(ready) = drive_machine(&mut m, first, &mut lines) else {
+        return;
+    };
+    let _ = (ready.capabilities(), ready.timestamp());
+    for _ in 0..100 {
+        let (mut l, first) = ready.login(login());
+        match drive_machine(&mut l, first, &mut lines) {
+            Some(LoginDone::Refused(_)) => continue,
+            Some(LoginDone::LoggedIn) | None => return,
         }
     }
-    let _ = (m.phase(), m.capabilities());
 }

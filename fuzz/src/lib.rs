@@ -96,3 +96,41 @@ pub fn assert_safe_auth(auth: &postern_core::credentials::ClientAuth) {
         );
     }
 }
+
+/// Runs an upstream machine the way `postern_core::upstream::drive` does,
+/// with `lines` as everything the server says: each wire step's reply is
+/// framed by the machine's own framer. Commands it sends must be single
+/// CRLF lines. `None` when the machine failed or the lines ran out.
+pub fn drive_machine<'a, M: postern_core::upstream::Machine>(
+    m: &mut M,
+    first: postern_core::upstream::Step<M::Done>,
+    lines: &mut impl Iterator<Item = &'a [u8]>,
+) -> Option<M::Done> {
+    use postern_core::upstream::{Framer, Io, Step};
+    let mut step = first;
+    for _ in 0..10_000 {
+        match step {
+            Step::Done(done) => return Some(done),
+            Step::Io(Io::StartTls) => {
+                step = m.on_tls().ok()?;
+                continue;
+            }
+            Step::Io(Io::Send(bytes)) => assert_one_line("command to the server", &bytes),
+            Step::Io(Io::Read) => {}
+        }
+        let mut framer = m.framer();
+        let reply = loop {
+            let line = lines.next()?;
+            if line.len() > framer.max_line() {
+                return None;
+            }
+            match framer.push(line.to_vec()) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+        };
+        step = m.on_reply(reply).ok()?;
+    }
+    panic!("upstream machine does not make progress");
+}

@@ -277,6 +277,50 @@ pub enum Step<D> {
     Done(D),
 }
 
+impl<D> Step<D> {
+    /// Read the next reply.
+    pub fn read() -> Self {
+        Step::Io(Io::Read)
+    }
+
+    /// Send one command line made of `parts` (CRLF added), then read.
+    pub fn send(parts: &[&[u8]]) -> Self {
+        Step::Io(Io::Send(command_line(parts)))
+    }
+
+    /// Handshake after the server's go-ahead.
+    pub fn start_tls() -> Self {
+        Step::Io(Io::StartTls)
+    }
+}
+
+/// One command line from `parts`, CRLF added, in memory that is zeroized
+/// when dropped (it may hold a password or digest).
+pub fn command_line(parts: &[&[u8]]) -> zeroize::Zeroizing<Vec<u8>> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + 2;
+    let mut v = zeroize::Zeroizing::new(Vec::with_capacity(len));
+    for p in parts {
+        v.extend_from_slice(p);
+    }
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+/// Server text made safe to log or quote: printable ASCII, at most 120
+/// characters, anything else as `?`.
+pub fn printable(text: &[u8]) -> String {
+    text.iter()
+        .take(120)
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// A sans-IO upstream machine (connect, secure, log in) the generic
 /// [`drive`] executes.
 pub trait Machine {
@@ -292,8 +336,14 @@ pub trait Machine {
     fn framer(&self) -> Self::Framer;
     /// Handles one reply.
     fn on_reply(&mut self, reply: Self::Reply) -> Result<Step<Self::Done>, UpstreamError>;
-    /// The STARTTLS handshake succeeded.
-    fn on_tls(&mut self) -> Result<Step<Self::Done>, UpstreamError>;
+    /// The STARTTLS handshake succeeded (only called after the machine
+    /// asked for it with [`Io::StartTls`]).
+    fn on_tls(&mut self) -> Result<Step<Self::Done>, UpstreamError> {
+        Err(UpstreamError::Protocol(format!(
+            "TLS upgrade not expected during {}",
+            self.phase()
+        )))
+    }
 }
 
 /// One upstream connection: every command goes through [`Link::send`],

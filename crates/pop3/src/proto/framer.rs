@@ -36,6 +36,11 @@ impl StatusFramer {
             total: 0,
         }
     }
+
+    /// Whether a positive reply's body is collected.
+    pub fn expects_body(&self) -> bool {
+        self.body
+    }
 }
 
 impl Framer for StatusFramer {

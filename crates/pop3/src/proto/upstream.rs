@@ -1,434 +1,428 @@
-//! The upstream-facing login: postern as a POP3 client.
+//! The upstream side: postern as a POP3 client, in two typed machines.
 //!
 //! ```text
-//!  Greeting ──(starttls)──► CapaBeforeTls ─► Stls ─► [driver: TLS] ─┐
-//!     │                                                             ▼
-//!     └──(none, tls)──────────────────────────────────────────► Capa ─► Ready
-//!  Ready ─ authenticate(login) ─► USER/PASS | APOP | AUTH PLAIN | AUTH CRAM-MD5
-//!        ─► LoggedIn, or Refused (back to Ready: the client may try again)
+//!  Connect:  Greeting ──(starttls)──► CapaBeforeTls ─► Stls ─► [driver: TLS] ─┐
+//!               │                                                            ▼
+//!               └──(none, tls)─────────────────────────────────────────► Capa ─► Done(Ready)
+//!  Ready::login(login) ─► Login: USER/PASS | APOP | AUTH PLAIN | AUTH CRAM-MD5
+//!               ─► Done(LoggedIn) | Done(Refused) (the same Ready may try again)
 //! ```
 //! Fail-closed rules: with `starttls` the server must offer and accept STLS
 //! (no CAPA listing STLS, or `-ERR` to STLS, fails the session); after TLS
 //! every earlier capability is forgotten and CAPA is asked again (RFC 2595
 //! §4); APOP needs a valid msg-id timestamp and never falls back to
 //! USER/PASS; a SASL mechanism the server's CAPA does not list is not tried.
+//! A [`Ready`] for APOP exists only with the greeting's timestamp.
 
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::sasl;
-use postern_core::upstream::{Io, Machine, Step as WireStep, UpstreamError};
-use zeroize::Zeroizing;
-
-use super::framer::{Reply, StatusFramer};
+use postern_core::upstream::{printable, Machine, Step, UpstreamError};
 
 use super::apop;
 use super::command::MAX_COMMAND_LINE;
+use super::framer::{Reply, StatusFramer};
 use super::reply::{parse_status, Capabilities, RespCode, Status};
 
-/// What the driver should do next.
-#[derive(Debug)]
-pub enum Step {
-    /// Read the next reply (status line, plus the body if [`UpstreamLogin::expects_body`]).
-    Read,
-    /// Send these bytes (they may hold a secret: never log them), then read.
-    Send(Zeroizing<Vec<u8>>),
-    /// The server said go ahead: check nothing is buffered, handshake, then
-    /// call [`UpstreamLogin::on_tls`].
-    StartTls,
-    /// Connected and ready for a login.
-    Ready,
-    /// Logged in: start relaying.
-    LoggedIn,
-    /// The server refused the credentials; a new login may be tried.
-    Refused(RespCode),
-    /// The session cannot go on; the reason is safe to log.
-    Fail(String),
+/// How the route logs in, with what the connection must provide for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Method {
+    User,
+    Apop(Vec<u8>),
+    Plain,
+    CramMd5,
 }
 
-#[derive(Debug)]
-enum State {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectState {
     Greeting,
     CapaBeforeTls,
     Stls,
     AwaitTls,
     Capa,
-    Ready,
+    Failed,
+}
+
+/// Connects: greeting, STLS when the route wants it, CAPA.
+#[derive(Debug)]
+pub struct Connect {
+    security: Security,
+    auth: UpstreamAuth,
+    state: ConnectState,
+    timestamp: Option<Vec<u8>>,
+}
+
+/// Connected, secured and capabilities known: ready for a login.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    method: Method,
+    capabilities: Option<Capabilities>,
+}
+
+/// How a login ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginDone {
+    /// Logged in: start relaying.
+    LoggedIn,
+    /// The server refused the credentials; the same [`Ready`] may try again.
+    Refused(RespCode),
+}
+
+#[derive(Debug)]
+enum LoginState {
     UserSent(Login),
     PlainAwaitGo(Login),
     CramAwaitChallenge(Login),
     AuthSent,
-    LoggedIn,
-    Failed,
+    Over,
 }
 
-/// The upstream login machine for one session.
+/// One login attempt on a [`Ready`] connection.
 #[derive(Debug)]
-pub struct UpstreamLogin {
-    security: Security,
-    auth: UpstreamAuth,
-    state: State,
-    timestamp: Option<Vec<u8>>,
-    caps: Option<Capabilities>,
+pub struct LoginMachine {
+    state: LoginState,
 }
 
-fn line(parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
-    let mut v = Zeroizing::new(Vec::with_capacity(64));
-    for p in parts {
-        v.extend_from_slice(p);
+fn fail<T>(why: impl Into<String>) -> Result<T, UpstreamError> {
+    Err(UpstreamError::Protocol(why.into()))
+}
+
+fn insecure<T>(why: &str) -> Result<T, UpstreamError> {
+    Err(UpstreamError::Insecure(why.to_owned()))
+}
+
+fn status<'a>(reply: &'a Reply, phase: &str) -> Result<Status<'a>, UpstreamError> {
+    match parse_status(&reply.status) {
+        Some(s) => Ok(s),
+        None => fail(format!(
+            "the server's reply is not POP3 ({}) during {phase}",
+            printable(&reply.status)
+        )),
     }
-    v.extend_from_slice(b"\r\n");
-    v
 }
 
-fn printable(text: &[u8]) -> String {
-    text.iter()
-        .take(120)
-        .map(|&b| {
-            if (0x20..0x7f).contains(&b) {
-                b as char
-            } else {
-                '?'
-            }
-        })
-        .collect()
-}
-
-impl UpstreamLogin {
-    /// A machine for a route's `security` and `auth`.
+impl Connect {
+    /// A machine for the route's `security` and `auth` (a POP3 method).
     pub fn new(security: Security, auth: UpstreamAuth) -> Self {
         Self {
             security,
             auth,
-            state: State::Greeting,
+            state: ConnectState::Greeting,
             timestamp: None,
-            caps: None,
         }
     }
 
     /// The first step: read the greeting.
-    pub fn start(&self) -> Step {
-        Step::Read
+    pub fn begin(&self) -> Step<Ready> {
+        Step::read()
     }
 
-    /// Whether the reply being read has a multi-line body when positive.
-    pub fn expects_body(&self) -> bool {
-        matches!(self.state, State::CapaBeforeTls | State::Capa)
-    }
-
-    /// The APOP timestamp of the server's greeting (only kept for `auth: apop`).
-    pub fn timestamp(&self) -> Option<&[u8]> {
-        self.timestamp.as_deref()
-    }
-
-    /// The capabilities learnt on the current (post-TLS) connection.
-    pub fn capabilities(&self) -> Option<&Capabilities> {
-        self.caps.as_ref()
-    }
-
-    /// What the machine waits for, for logs and timeouts.
-    pub fn phase(&self) -> &'static str {
-        match self.state {
-            State::Greeting => "greeting",
-            State::CapaBeforeTls | State::Capa => "CAPA",
-            State::Stls | State::AwaitTls => "STLS",
-            State::Ready => "ready",
-            State::UserSent(_)
-            | State::PlainAwaitGo(_)
-            | State::CramAwaitChallenge(_)
-            | State::AuthSent => "login",
-            State::LoggedIn => "logged in",
-            State::Failed => "failed",
-        }
-    }
-
-    fn fail(&mut self, why: impl Into<String>) -> Step {
-        self.state = State::Failed;
-        Step::Fail(why.into())
-    }
-
-    fn capa(&mut self, before_tls: bool) -> Step {
+    fn capa(&mut self, before_tls: bool) -> Step<Ready> {
         self.state = if before_tls {
-            State::CapaBeforeTls
+            ConnectState::CapaBeforeTls
         } else {
-            State::Capa
+            ConnectState::Capa
         };
-        Step::Send(line(&[b"CAPA"]))
+        Step::send(&[b"CAPA"])
     }
 
-    /// The TLS upgrade after STLS succeeded.
-    pub fn on_tls(&mut self) -> Step {
-        if !matches!(self.state, State::AwaitTls) {
-            return self.fail("internal: TLS upgrade out of order");
+    fn greeting(&mut self, status: Status<'_>) -> Result<Step<Ready>, UpstreamError> {
+        match status {
+            Status::Ok(text) => {
+                if self.auth == UpstreamAuth::Apop {
+                    match apop::timestamp(text) {
+                        Ok(ts) => self.timestamp = Some(ts.to_vec()),
+                        Err(e) => return fail(e.to_string()),
+                    }
+                }
+                Ok(self.capa(self.security == Security::Starttls))
+            }
+            Status::Err(text) => fail(format!(
+                "the server refused the connection: {}",
+                printable(text)
+            )),
+            Status::Continue(_) => fail("the server's greeting is not POP3"),
         }
-        // RFC 2595 §4: forget everything learnt before TLS.
-        self.caps = None;
-        self.capa(false)
     }
 
-    /// Handles one reply: its status line and, for CAPA, its body lines
-    /// (terminator and dot-stuffing removed).
-    pub fn on_reply(&mut self, status_line: &[u8], body: &[Vec<u8>]) -> Step {
-        let Some(status) = parse_status(status_line) else {
-            return self.fail(format!(
-                "the server's reply is not POP3 ({}) during {}",
-                printable(status_line),
-                self.phase()
-            ));
+    fn ready(&mut self, caps: Option<Capabilities>) -> Result<Step<Ready>, UpstreamError> {
+        let (method, needed) = match self.auth {
+            UpstreamAuth::User => (Method::User, None),
+            UpstreamAuth::Apop => match self.timestamp.take() {
+                Some(ts) => (Method::Apop(ts), None),
+                None => return fail("APOP needs the greeting's timestamp"),
+            },
+            UpstreamAuth::Plain => (Method::Plain, Some("PLAIN")),
+            UpstreamAuth::CramMd5 => (Method::CramMd5, Some("CRAM-MD5")),
+            other => return fail(format!("`auth: {other}` is not a POP3 login method")),
         };
-        match std::mem::replace(&mut self.state, State::Failed) {
-            State::Greeting => match status {
-                Status::Ok(text) => {
-                    if self.auth == UpstreamAuth::Apop {
-                        match apop::timestamp(text) {
-                            Ok(ts) => self.timestamp = Some(ts.to_vec()),
-                            Err(e) => return self.fail(e.to_string()),
-                        }
-                    }
-                    self.capa(self.security == Security::Starttls)
-                }
-                Status::Err(text) => self.fail(format!(
-                    "the server refused the connection: {}",
-                    printable(text)
-                )),
-                Status::Continue(_) => self.fail("the server's greeting is not POP3"),
-            },
-            State::CapaBeforeTls => match status {
-                Status::Ok(_) => {
-                    let caps = Capabilities::parse(body.iter().map(Vec::as_slice));
-                    if !caps.has("STLS") {
-                        return self.fail(
-                            "the server does not offer STLS (its CAPA has no STLS); refusing to continue without TLS",
-                        );
-                    }
-                    self.state = State::Stls;
-                    Step::Send(line(&[b"STLS"]))
-                }
-                // No CAPA: STLS may still work; a refusal fails below.
-                Status::Err(_) => {
-                    self.state = State::Stls;
-                    Step::Send(line(&[b"STLS"]))
-                }
-                Status::Continue(_) => self.fail("unexpected continuation to CAPA"),
-            },
-            State::Stls => match status {
-                Status::Ok(_) => {
-                    self.state = State::AwaitTls;
-                    Step::StartTls
-                }
-                _ => self.fail("the server refused STLS; refusing to continue without TLS"),
-            },
-            State::Capa => {
-                self.caps = match status {
-                    Status::Ok(_) => Some(Capabilities::parse(body.iter().map(Vec::as_slice))),
-                    _ => None,
-                };
-                let needed = match self.auth {
-                    UpstreamAuth::Plain => Some("PLAIN"),
-                    UpstreamAuth::CramMd5 => Some("CRAM-MD5"),
-                    _ => None,
-                };
-                if let (Some(mech), Some(caps)) = (needed, &self.caps) {
-                    if !caps.has_sasl(mech) {
-                        return self.fail(format!(
-                            "the server does not offer SASL {mech} (not in its CAPA); not trying another method"
-                        ));
-                    }
-                }
-                self.state = State::Ready;
-                Step::Ready
-            }
-            State::UserSent(login) => match status {
-                Status::Ok(_) => {
-                    self.state = State::AuthSent;
-                    Step::Send(line(&[b"PASS ", login.password().expose()]))
-                }
-                Status::Err(text) => self.refused(text),
-                Status::Continue(_) => self.fail("unexpected continuation to USER"),
-            },
-            State::PlainAwaitGo(login) => match status {
-                Status::Continue(_) => {
-                    self.state = State::AuthSent;
-                    Step::Send(line(&[sasl::plain_response(&login).as_bytes()]))
-                }
-                Status::Err(text) => self.refused(text),
-                Status::Ok(_) => self.fail("unexpected +OK to AUTH PLAIN"),
-            },
-            State::CramAwaitChallenge(login) => match status {
-                Status::Continue(challenge) => match sasl::cram_md5_challenge(challenge) {
-                    Ok(c) => {
-                        self.state = State::AuthSent;
-                        Step::Send(line(&[sasl::cram_md5_response(&login, &c).as_bytes()]))
-                    }
-                    Err(e) => self.fail(e.to_string()),
-                },
-                Status::Err(text) => self.refused(text),
-                Status::Ok(_) => self.fail("unexpected +OK to AUTH CRAM-MD5"),
-            },
-            State::AuthSent => match status {
-                Status::Ok(_) => {
-                    self.state = State::LoggedIn;
-                    Step::LoggedIn
-                }
-                Status::Err(text) => self.refused(text),
-                Status::Continue(_) => {
-                    self.fail("the server asked for more SASL data than the mechanism has")
-                }
-            },
-            state @ (State::AwaitTls | State::Ready | State::LoggedIn | State::Failed) => {
-                self.state = state;
-                self.fail(format!("unexpected reply while {}", self.phase()))
+        if let (Some(mech), Some(caps)) = (needed, &caps) {
+            if !caps.has_sasl(mech) {
+                return fail(format!(
+                    "the server does not offer SASL {mech} (not in its CAPA); not trying another method"
+                ));
             }
         }
-    }
-
-    fn refused(&mut self, text: &[u8]) -> Step {
-        self.state = State::Ready;
-        Step::Refused(RespCode::of(text))
-    }
-
-    /// Starts logging in with `login`. Only valid when [`Step::Ready`] was
-    /// returned (or after [`Step::Refused`]).
-    pub fn authenticate(&mut self, login: Login) -> Step {
-        if !matches!(self.state, State::Ready) {
-            return self.fail(format!("internal: login attempted while {}", self.phase()));
-        }
-        match self.auth {
-            UpstreamAuth::User => {
-                let cmd = line(&[b"USER ", login.user().as_bytes()]);
-                self.state = State::UserSent(login);
-                Step::Send(cmd)
-            }
-            UpstreamAuth::Apop => {
-                let Some(ts) = &self.timestamp else {
-                    return self.fail("internal: APOP without a timestamp");
-                };
-                let digest = apop::digest(ts, login.password());
-                self.state = State::AuthSent;
-                Step::Send(line(&[
-                    b"APOP ",
-                    login.user().as_bytes(),
-                    b" ",
-                    digest.as_bytes(),
-                ]))
-            }
-            UpstreamAuth::Plain => {
-                let ir = sasl::plain_response(&login);
-                let cmd = line(&[b"AUTH PLAIN ", ir.as_bytes()]);
-                if cmd.len() <= MAX_COMMAND_LINE {
-                    self.state = State::AuthSent;
-                    Step::Send(cmd)
-                } else {
-                    // RFC 5034 §4: too long for an initial response.
-                    self.state = State::PlainAwaitGo(login);
-                    Step::Send(line(&[b"AUTH PLAIN"]))
-                }
-            }
-            UpstreamAuth::CramMd5 => {
-                self.state = State::CramAwaitChallenge(login);
-                Step::Send(line(&[b"AUTH CRAM-MD5"]))
-            }
-            _ => self.fail(format!("`auth: {}` is not a POP3 login method", self.auth)),
-        }
+        Ok(Step::Done(Ready {
+            method,
+            capabilities: caps,
+        }))
     }
 }
 
-/// Where the upstream machine stops for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Done {
-    /// Connected, secured, capabilities known: a login may be tried.
-    Ready,
-    /// Logged in: start relaying.
-    LoggedIn,
-    /// The server refused the credentials; a new login may be tried.
-    Refused(RespCode),
-}
-
-fn lift(step: Step) -> Result<WireStep<Done>, UpstreamError> {
-    Ok(match step {
-        Step::Read => WireStep::Io(Io::Read),
-        Step::Send(bytes) => WireStep::Io(Io::Send(bytes)),
-        Step::StartTls => WireStep::Io(Io::StartTls),
-        Step::Ready => WireStep::Done(Done::Ready),
-        Step::LoggedIn => WireStep::Done(Done::LoggedIn),
-        Step::Refused(code) => WireStep::Done(Done::Refused(code)),
-        Step::Fail(why) => return Err(UpstreamError::Protocol(why)),
-    })
-}
-
-impl UpstreamLogin {
-    /// The first wire step of a fresh connection.
-    pub fn begin(&self) -> Result<WireStep<Done>, UpstreamError> {
-        lift(self.start())
-    }
-
-    /// The wire steps of a login (after [`Done::Ready`] or [`Done::Refused`]).
-    pub fn login(&mut self, login: Login) -> Result<WireStep<Done>, UpstreamError> {
-        lift(self.authenticate(login))
-    }
-}
-
-impl Machine for UpstreamLogin {
+impl Machine for Connect {
     type Reply = Reply;
     type Framer = StatusFramer;
-    type Done = Done;
+    type Done = Ready;
 
     fn phase(&self) -> &'static str {
-        UpstreamLogin::phase(self)
+        match self.state {
+            ConnectState::Greeting => "greeting",
+            ConnectState::CapaBeforeTls | ConnectState::Capa => "CAPA",
+            ConnectState::Stls | ConnectState::AwaitTls => "STLS",
+            ConnectState::Failed => "failed",
+        }
     }
 
     fn framer(&self) -> StatusFramer {
-        StatusFramer::new(self.expects_body())
+        StatusFramer::new(matches!(
+            self.state,
+            ConnectState::CapaBeforeTls | ConnectState::Capa
+        ))
     }
 
-    fn on_reply(&mut self, reply: Reply) -> Result<WireStep<Done>, UpstreamError> {
-        lift(UpstreamLogin::on_reply(self, &reply.status, &reply.body))
+    fn on_reply(&mut self, reply: Reply) -> Result<Step<Ready>, UpstreamError> {
+        let phase = self.phase();
+        let state = std::mem::replace(&mut self.state, ConnectState::Failed);
+        let status = status(&reply, phase)?;
+        match state {
+            ConnectState::Greeting => self.greeting(status),
+            ConnectState::CapaBeforeTls => match status {
+                Status::Ok(_) => {
+                    let caps = Capabilities::parse(reply.body.iter().map(Vec::as_slice));
+                    if !caps.has("STLS") {
+                        return insecure(
+                            "the server does not offer STLS (its CAPA has no STLS); refusing to continue without TLS",
+                        );
+                    }
+                    self.state = ConnectState::Stls;
+                    Ok(Step::send(&[b"STLS"]))
+                }
+                // No CAPA: STLS may still work; a refusal fails below.
+                Status::Err(_) => {
+                    self.state = ConnectState::Stls;
+                    Ok(Step::send(&[b"STLS"]))
+                }
+                Status::Continue(_) => fail("unexpected continuation to CAPA"),
+            },
+            ConnectState::Stls => match status {
+                Status::Ok(_) => {
+                    self.state = ConnectState::AwaitTls;
+                    Ok(Step::start_tls())
+                }
+                _ => insecure("the server refused STLS; refusing to continue without TLS"),
+            },
+            ConnectState::Capa => {
+                let caps = match status {
+                    Status::Ok(_) => {
+                        Some(Capabilities::parse(reply.body.iter().map(Vec::as_slice)))
+                    }
+                    _ => None,
+                };
+                self.ready(caps)
+            }
+            ConnectState::AwaitTls | ConnectState::Failed => {
+                fail(format!("unexpected reply during {phase}"))
+            }
+        }
     }
 
-    fn on_tls(&mut self) -> Result<WireStep<Done>, UpstreamError> {
-        lift(UpstreamLogin::on_tls(self))
+    fn on_tls(&mut self) -> Result<Step<Ready>, UpstreamError> {
+        if self.state != ConnectState::AwaitTls {
+            return fail("TLS upgrade out of order");
+        }
+        // RFC 2595 §4: forget everything learnt before TLS (CAPA is asked again).
+        Ok(self.capa(false))
+    }
+}
+
+impl Ready {
+    /// The capabilities learnt on the current (post-TLS) connection.
+    pub fn capabilities(&self) -> Option<&Capabilities> {
+        self.capabilities.as_ref()
+    }
+
+    /// The APOP timestamp of the server's greeting (`auth: apop` only).
+    pub fn timestamp(&self) -> Option<&[u8]> {
+        match &self.method {
+            Method::Apop(ts) => Some(ts),
+            _ => None,
+        }
+    }
+
+    /// Starts a login with the route's method.
+    pub fn login(&self, login: Login) -> (LoginMachine, Step<LoginDone>) {
+        let (state, step) = match &self.method {
+            Method::User => {
+                let step = Step::send(&[b"USER ", login.user().as_bytes()]);
+                (LoginState::UserSent(login), step)
+            }
+            Method::Apop(ts) => {
+                let digest = apop::digest(ts, login.password());
+                let step =
+                    Step::send(&[b"APOP ", login.user().as_bytes(), b" ", digest.as_bytes()]);
+                (LoginState::AuthSent, step)
+            }
+            Method::Plain => {
+                let ir = sasl::plain_response(&login);
+                let len = b"AUTH PLAIN ".len() + ir.len() + 2;
+                if len <= MAX_COMMAND_LINE {
+                    (
+                        LoginState::AuthSent,
+                        Step::send(&[b"AUTH PLAIN ", ir.as_bytes()]),
+                    )
+                } else {
+                    // RFC 5034 §4: too long for an initial response.
+                    (
+                        LoginState::PlainAwaitGo(login),
+                        Step::send(&[b"AUTH PLAIN"]),
+                    )
+                }
+            }
+            Method::CramMd5 => (
+                LoginState::CramAwaitChallenge(login),
+                Step::send(&[b"AUTH CRAM-MD5"]),
+            ),
+        };
+        (LoginMachine { state }, step)
+    }
+}
+
+impl Machine for LoginMachine {
+    type Reply = Reply;
+    type Framer = StatusFramer;
+    type Done = LoginDone;
+
+    fn phase(&self) -> &'static str {
+        "login"
+    }
+
+    fn framer(&self) -> StatusFramer {
+        StatusFramer::new(false)
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Result<Step<LoginDone>, UpstreamError> {
+        let status = status(&reply, "login")?;
+        let refused = |text: &[u8]| Ok(Step::Done(LoginDone::Refused(RespCode::of(text))));
+        match std::mem::replace(&mut self.state, LoginState::Over) {
+            LoginState::UserSent(login) => match status {
+                Status::Ok(_) => {
+                    self.state = LoginState::AuthSent;
+                    Ok(Step::send(&[b"PASS ", login.password().expose()]))
+                }
+                Status::Err(text) => refused(text),
+                Status::Continue(_) => fail("unexpected continuation to USER"),
+            },
+            LoginState::PlainAwaitGo(login) => match status {
+                Status::Continue(_) => {
+                    self.state = LoginState::AuthSent;
+                    Ok(Step::send(&[sasl::plain_response(&login).as_bytes()]))
+                }
+                Status::Err(text) => refused(text),
+                Status::Ok(_) => fail("unexpected +OK to AUTH PLAIN"),
+            },
+            LoginState::CramAwaitChallenge(login) => match status {
+                Status::Continue(challenge) => match sasl::cram_md5_challenge(challenge) {
+                    Ok(c) => {
+                        self.state = LoginState::AuthSent;
+                        Ok(Step::send(
+                            &[sasl::cram_md5_response(&login, &c).as_bytes()],
+                        ))
+                    }
+                    Err(e) => fail(e.to_string()),
+                },
+                Status::Err(text) => refused(text),
+                Status::Ok(_) => fail("unexpected +OK to AUTH CRAM-MD5"),
+            },
+            LoginState::AuthSent => match status {
+                Status::Ok(_) => Ok(Step::Done(LoginDone::LoggedIn)),
+                Status::Err(text) => refused(text),
+                Status::Continue(_) => {
+                    fail("the server asked for more SASL data than the mechanism has")
+                }
+            },
+            LoginState::Over => fail("unexpected reply after the login ended"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_core::upstream::Io;
     use postern_core::Secret;
 
     fn login() -> Login {
         Login::new(b"tim", Secret::from("tanstaaf")).expect("login")
     }
 
-    fn sent(step: Step) -> String {
+    fn reply(status: &[u8], body: &[&str]) -> Reply {
+        Reply {
+            status: status.to_vec(),
+            body: body.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        }
+    }
+
+    fn sent<D: std::fmt::Debug>(step: Result<Step<D>, UpstreamError>) -> String {
         match step {
-            Step::Send(b) => String::from_utf8(b.to_vec()).expect("ascii"),
+            Ok(Step::Io(Io::Send(b))) => String::from_utf8(b.to_vec()).expect("ascii"),
             other => panic!("expected Send, got {other:?}"),
         }
     }
 
-    fn body(lines: &[&str]) -> Vec<Vec<u8>> {
-        lines.iter().map(|l| l.as_bytes().to_vec()).collect()
+    fn ready(step: Result<Step<Ready>, UpstreamError>) -> Ready {
+        match step {
+            Ok(Step::Done(r)) => r,
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    fn done(step: Result<Step<LoginDone>, UpstreamError>) -> LoginDone {
+        match step {
+            Ok(Step::Done(d)) => d,
+            other => panic!("expected the end of the login, got {other:?}"),
+        }
+    }
+
+    fn failure<D: std::fmt::Debug>(step: Result<Step<D>, UpstreamError>) -> UpstreamError {
+        match step {
+            Err(e) => e,
+            other => panic!("expected a failure, got {other:?}"),
+        }
     }
 
     const GREETING: &[u8] = b"+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n";
 
     #[test]
     fn apop_over_plain_uses_the_rfc_digest() {
-        let mut m = UpstreamLogin::new(Security::None, UpstreamAuth::Apop);
-        assert!(matches!(m.start(), Step::Read));
-        assert_eq!(sent(m.on_reply(GREETING, &[])), "CAPA\r\n");
-        assert!(m.expects_body());
-        assert!(matches!(
-            m.on_reply(b"+OK\r\n", &body(&["TOP", "UIDL"])),
-            Step::Ready
-        ));
+        let mut m = Connect::new(Security::None, UpstreamAuth::Apop);
+        assert!(matches!(m.begin(), Step::Io(Io::Read)));
+        assert_eq!(sent(m.on_reply(reply(GREETING, &[]))), "CAPA\r\n");
+        assert!(m.framer().expects_body());
+        let r = ready(m.on_reply(reply(b"+OK\r\n", &["TOP", "UIDL"])));
         assert_eq!(
-            sent(m.authenticate(login())),
+            r.timestamp(),
+            Some(&b"<1896.697170952@dbc.mtview.ca.us>"[..])
+        );
+        let (mut l, first) = r.login(login());
+        assert_eq!(
+            sent(Ok(first)),
             "APOP tim c4c9334bac560ecc979e58001b3e22fb\r\n"
         );
-        assert!(matches!(
-            m.on_reply(b"+OK maildrop locked\r\n", &[]),
-            Step::LoggedIn
-        ));
+        assert_eq!(
+            done(l.on_reply(reply(b"+OK maildrop locked\r\n", &[]))),
+            LoginDone::LoggedIn
+        );
     }
 
     #[test]
@@ -438,116 +432,134 @@ mod tests {
             b"+OK ready <bad ts@x>\r\n",
             b"+OK <noat>\r\n",
         ] {
-            let mut m = UpstreamLogin::new(Security::None, UpstreamAuth::Apop);
-            match m.on_reply(greeting, &[]) {
-                Step::Fail(why) => assert!(why.contains("timestamp"), "{why}"),
-                other => panic!("expected failure, got {other:?}"),
-            }
+            let mut m = Connect::new(Security::None, UpstreamAuth::Apop);
+            let e = failure(m.on_reply(reply(greeting, &[])));
+            assert!(e.to_string().contains("timestamp"), "{e}");
         }
     }
 
     #[test]
     fn stls_is_required_and_capabilities_are_relearnt() {
-        let mut m = UpstreamLogin::new(Security::Starttls, UpstreamAuth::CramMd5);
-        assert_eq!(sent(m.on_reply(b"+OK hi\r\n", &[])), "CAPA\r\n");
+        let mut m = Connect::new(Security::Starttls, UpstreamAuth::CramMd5);
+        assert_eq!(sent(m.on_reply(reply(b"+OK hi\r\n", &[]))), "CAPA\r\n");
         // Pre-TLS CAPA says CRAM-MD5 is missing; it must not matter after TLS.
         assert_eq!(
-            sent(m.on_reply(b"+OK\r\n", &body(&["STLS", "SASL PLAIN"]))),
+            sent(m.on_reply(reply(b"+OK\r\n", &["STLS", "SASL PLAIN"]))),
             "STLS\r\n"
         );
         assert!(matches!(
-            m.on_reply(b"+OK go ahead\r\n", &[]),
-            Step::StartTls
+            m.on_reply(reply(b"+OK go ahead\r\n", &[])),
+            Ok(Step::Io(Io::StartTls))
         ));
         assert_eq!(sent(m.on_tls()), "CAPA\r\n");
-        assert!(m.capabilities().is_none(), "pre-TLS capabilities forgotten");
-        assert!(matches!(
-            m.on_reply(b"+OK\r\n", &body(&["SASL CRAM-MD5"])),
-            Step::Ready
-        ));
-        assert_eq!(sent(m.authenticate(login())), "AUTH CRAM-MD5\r\n");
+        let r = ready(m.on_reply(reply(b"+OK\r\n", &["SASL CRAM-MD5"])));
+        assert!(
+            r.capabilities().is_some_and(|c| !c.has("STLS")),
+            "pre-TLS capabilities forgotten"
+        );
+        let (mut l, first) = r.login(login());
+        assert_eq!(sent(Ok(first)), "AUTH CRAM-MD5\r\n");
         let challenge = sasl::encode(b"<1896.697170952@postoffice.reston.mci.net>");
-        let resp = sent(m.on_reply(format!("+ {challenge}\r\n").as_bytes(), &[]));
+        let resp = sent(l.on_reply(reply(format!("+ {challenge}\r\n").as_bytes(), &[])));
         let decoded = sasl::decode(resp.trim_end().as_bytes()).expect("b64");
         assert!(decoded.starts_with(b"tim "));
-        assert!(matches!(m.on_reply(b"+OK\r\n", &[]), Step::LoggedIn));
+        assert_eq!(
+            done(l.on_reply(reply(b"+OK\r\n", &[]))),
+            LoginDone::LoggedIn
+        );
     }
 
     #[test]
     fn stls_stripping_fails_closed() {
         // CAPA without STLS.
-        let mut m = UpstreamLogin::new(Security::Starttls, UpstreamAuth::User);
-        m.on_reply(b"+OK\r\n", &[]);
-        assert!(matches!(
-            m.on_reply(b"+OK\r\n", &body(&["USER"])),
-            Step::Fail(_)
-        ));
+        let mut m = Connect::new(Security::Starttls, UpstreamAuth::User);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        assert!(failure(m.on_reply(reply(b"+OK\r\n", &["USER"]))).is_tls());
         // No CAPA, STLS refused.
-        let mut m = UpstreamLogin::new(Security::Starttls, UpstreamAuth::User);
-        m.on_reply(b"+OK\r\n", &[]);
-        assert_eq!(sent(m.on_reply(b"-ERR no CAPA\r\n", &[])), "STLS\r\n");
-        assert!(matches!(m.on_reply(b"-ERR no\r\n", &[]), Step::Fail(_)));
+        let mut m = Connect::new(Security::Starttls, UpstreamAuth::User);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        assert_eq!(
+            sent(m.on_reply(reply(b"-ERR no CAPA\r\n", &[]))),
+            "STLS\r\n"
+        );
+        assert!(failure(m.on_reply(reply(b"-ERR no\r\n", &[]))).is_tls());
+        // TLS out of order is refused.
+        let mut m = Connect::new(Security::Starttls, UpstreamAuth::User);
+        failure(m.on_tls());
     }
 
     #[test]
     fn user_pass_and_refusal_then_retry() {
-        let mut m = UpstreamLogin::new(Security::Tls, UpstreamAuth::User);
-        m.on_reply(b"+OK\r\n", &[]);
-        assert!(matches!(m.on_reply(b"-ERR\r\n", &[]), Step::Ready));
-        assert_eq!(sent(m.authenticate(login())), "USER tim\r\n");
-        assert_eq!(sent(m.on_reply(b"+OK\r\n", &[])), "PASS tanstaaf\r\n");
-        assert!(matches!(
-            m.on_reply(b"-ERR [IN-USE] locked\r\n", &[]),
-            Step::Refused(RespCode::InUse)
-        ));
-        assert_eq!(sent(m.authenticate(login())), "USER tim\r\n");
-        assert_eq!(sent(m.on_reply(b"+OK\r\n", &[])), "PASS tanstaaf\r\n");
-        assert!(matches!(m.on_reply(b"+OK\r\n", &[]), Step::LoggedIn));
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::User);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        let r = ready(m.on_reply(reply(b"-ERR\r\n", &[])));
+        let (mut l, first) = r.login(login());
+        assert_eq!(sent(Ok(first)), "USER tim\r\n");
+        assert_eq!(
+            sent(l.on_reply(reply(b"+OK\r\n", &[]))),
+            "PASS tanstaaf\r\n"
+        );
+        assert_eq!(
+            done(l.on_reply(reply(b"-ERR [IN-USE] locked\r\n", &[]))),
+            LoginDone::Refused(RespCode::InUse)
+        );
+        failure(l.on_reply(reply(b"+OK\r\n", &[])));
+        let (mut l, first) = r.login(login());
+        assert_eq!(sent(Ok(first)), "USER tim\r\n");
+        assert_eq!(
+            sent(l.on_reply(reply(b"+OK\r\n", &[]))),
+            "PASS tanstaaf\r\n"
+        );
+        assert_eq!(
+            done(l.on_reply(reply(b"+OK\r\n", &[]))),
+            LoginDone::LoggedIn
+        );
     }
 
     #[test]
     fn plain_needs_the_mechanism_and_uses_a_continuation_when_long() {
-        let mut m = UpstreamLogin::new(Security::Tls, UpstreamAuth::Plain);
-        m.on_reply(b"+OK\r\n", &[]);
-        assert!(matches!(
-            m.on_reply(b"+OK\r\n", &body(&["SASL CRAM-MD5"])),
-            Step::Fail(_)
-        ));
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::Plain);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        failure(m.on_reply(reply(b"+OK\r\n", &["SASL CRAM-MD5"])));
 
-        let mut m = UpstreamLogin::new(Security::Tls, UpstreamAuth::Plain);
-        m.on_reply(b"+OK\r\n", &[]);
-        m.on_reply(b"+OK\r\n", &body(&["SASL PLAIN"]));
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::Plain);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        let r = ready(m.on_reply(reply(b"+OK\r\n", &["SASL PLAIN"])));
+        let (mut l, first) = r.login(login());
+        assert_eq!(sent(Ok(first)), "AUTH PLAIN AHRpbQB0YW5zdGFhZg==\r\n");
         assert_eq!(
-            sent(m.authenticate(login())),
-            "AUTH PLAIN AHRpbQB0YW5zdGFhZg==\r\n"
+            done(l.on_reply(reply(b"+OK\r\n", &[]))),
+            LoginDone::LoggedIn
         );
-        assert!(matches!(m.on_reply(b"+OK\r\n", &[]), Step::LoggedIn));
 
-        let mut m = UpstreamLogin::new(Security::Tls, UpstreamAuth::Plain);
-        m.on_reply(b"+OK\r\n", &[]);
-        m.on_reply(b"-ERR\r\n", &[]);
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::Plain);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        let r = ready(m.on_reply(reply(b"-ERR\r\n", &[])));
         let long = Login::new(b"tim", Secret::from("x".repeat(300).as_str())).expect("login");
-        assert_eq!(sent(m.authenticate(long)), "AUTH PLAIN\r\n");
-        let resp = sent(m.on_reply(b"+ \r\n", &[]));
+        let (mut l, first) = r.login(long);
+        assert_eq!(sent(Ok(first)), "AUTH PLAIN\r\n");
+        let resp = sent(l.on_reply(reply(b"+ \r\n", &[])));
         assert!(resp.len() > 255);
-        assert!(matches!(m.on_reply(b"+OK\r\n", &[]), Step::LoggedIn));
+        assert_eq!(
+            done(l.on_reply(reply(b"+OK\r\n", &[]))),
+            LoginDone::LoggedIn
+        );
     }
 
     #[test]
     fn bad_cram_challenge_and_garbage_fail() {
-        let mut m = UpstreamLogin::new(Security::Tls, UpstreamAuth::CramMd5);
-        m.on_reply(b"+OK\r\n", &[]);
-        m.on_reply(b"-ERR\r\n", &[]);
-        sent(m.authenticate(login()));
-        assert!(matches!(
-            m.on_reply(b"+ !!notbase64\r\n", &[]),
-            Step::Fail(_)
-        ));
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::CramMd5);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        let r = ready(m.on_reply(reply(b"-ERR\r\n", &[])));
+        let (mut l, first) = r.login(login());
+        sent(Ok(first));
+        failure(l.on_reply(reply(b"+ !!notbase64\r\n", &[])));
 
-        let mut m = UpstreamLogin::new(Security::Tls, UpstreamAuth::User);
-        assert!(matches!(
-            m.on_reply(b"220 smtp.example ESMTP\r\n", &[]),
-            Step::Fail(_)
-        ));
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::User);
+        failure(m.on_reply(reply(b"220 smtp.example ESMTP\r\n", &[])));
+        // Not a POP3 method at all.
+        let mut m = Connect::new(Security::Tls, UpstreamAuth::Login);
+        sent(m.on_reply(reply(b"+OK\r\n", &[])));
+        failure(m.on_reply(reply(b"-ERR\r\n", &[])));
     }
 }

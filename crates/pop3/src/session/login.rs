@@ -12,7 +12,7 @@ use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 
 use super::{temporary, Pending, Pop3};
 use crate::proto::reply::RespCode;
-use crate::proto::upstream::{Done, UpstreamLogin};
+use crate::proto::upstream::{Connect, LoginDone, Ready};
 
 pub(super) const BLOCKED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
@@ -51,18 +51,15 @@ pub(super) async fn attempt(
             return Ok(None);
         }
     }
-    let (mut link, mut machine) = match pending.take() {
+    let (mut link, ready) = match pending.take() {
         Some(ready) => ready,
         None => match open(route).await {
             Ok(ready) => ready,
             Err(e) => return Err(temporary(s, e).await),
         },
     };
-    let done = match machine.login(resolved.upstream) {
-        Ok(first) => drive(&mut link, &mut machine, first).await,
-        Err(e) => Err(e),
-    };
-    let done = match done {
+    let (mut machine, first) = ready.login(resolved.upstream);
+    let done = match drive(&mut link, &mut machine, first).await {
         Ok(d) => d,
         Err(e) => return Err(temporary(s, e).await),
     };
@@ -77,7 +74,7 @@ pub(super) async fn attempt(
         }
     };
     match done {
-        Done::LoggedIn => {
+        LoginDone::LoggedIn => {
             apop_guard(true);
             if let Some(id) = account {
                 route.credentials.upstream_accepted(id);
@@ -87,7 +84,7 @@ pub(super) async fn attempt(
             s.client.write(b"+OK Logged in\r\n").await?;
             Ok(Some(link))
         }
-        Done::Refused(code) => {
+        LoginDone::Refused(code) => {
             apop_guard(false);
             tracing::warn!(user = ?name, code = ?code, stored = account.is_some(), "the upstream refused the login");
             let answer: &[u8] = match account {
@@ -100,33 +97,21 @@ pub(super) async fn attempt(
                 }
                 None => refusal_for(code),
             };
-            *pending = Some((link, machine));
+            *pending = Some((link, ready));
             s.client.write(answer).await?;
             Ok(None)
         }
-        Done::Ready => Err(temporary(
-            s,
-            UpstreamError::Protocol("the login ended without an answer".to_owned()),
-        )
-        .await),
     }
 }
 
 /// Opens the upstream: connect, greeting (APOP timestamp), STLS, CAPA.
-async fn open(route: &Route<Pop3>) -> Result<(Link, UpstreamLogin), UpstreamError> {
+async fn open(route: &Route<Pop3>) -> Result<(Link, Ready), UpstreamError> {
     let mut link = route.connect().await?;
-    let mut machine = UpstreamLogin::new(route.transport.security(), route.auth);
-    let first = machine.begin()?;
-    match drive(&mut link, &mut machine, first).await? {
-        Done::Ready => {}
-        _ => {
-            return Err(UpstreamError::Protocol(
-                "the server finished a login nobody started".to_owned(),
-            ))
-        }
-    }
+    let mut machine = Connect::new(route.transport.security(), route.auth);
+    let first = machine.begin();
+    let ready = drive(&mut link, &mut machine, first).await?;
     tracing::debug!(tls = link.tls_version().unwrap_or("none"), "upstream ready");
-    if let Some(ts) = machine.timestamp() {
+    if let Some(ts) = ready.timestamp() {
         let fresh = route
             .extra
             .apop
@@ -138,9 +123,9 @@ async fn open(route: &Route<Pop3>) -> Result<(Link, UpstreamLogin), UpstreamErro
         }
     }
     if let Ok(mut snapshot) = route.extra.capabilities.lock() {
-        *snapshot = machine.capabilities().cloned();
+        *snapshot = ready.capabilities().cloned();
     }
-    Ok((link, machine))
+    Ok((link, ready))
 }
 
 /// postern itself refused the credentials.

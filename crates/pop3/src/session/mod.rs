@@ -25,7 +25,7 @@ use postern_core::upstream::{Link, UpstreamError};
 use crate::proto::apop::ApopGuard;
 use crate::proto::client::{self, Authorization, LocalAuth};
 use crate::proto::reply::Capabilities;
-use crate::proto::upstream::UpstreamLogin;
+use crate::proto::upstream::Ready;
 
 /// The POP3 protocol, as the session skeleton runs it.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ impl Protocol for Pop3 {
 
 /// An upstream connection that is connected but not logged in yet (kept
 /// across refused logins).
-type Pending = Option<(Link, UpstreamLogin)>;
+type Pending = Option<(Link, Ready)>;
 
 /// The AUTHORIZATION state: `Some` with the logged-in upstream, `None`
 /// when the client quit.
