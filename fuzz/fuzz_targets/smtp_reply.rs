@@ -6,10 +6,10 @@ use libfuzzer_sys::fuzz_target;
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::Secret;
-use postern_fuzz::{assert_crlf_lines, assert_one_line, lines, selector};
+use postern_fuzz::{assert_crlf_lines, drive_machine, lines, selector};
 use postern_smtp::proto::ehlo::Extensions;
 use postern_smtp::proto::reply::{Reply, ReplyBuilder};
-use postern_smtp::proto::upstream::{Step, UpstreamSetup};
+use postern_smtp::proto::upstream::{Connect, LoginDone};
 
 fn security(n: u8) -> Security {
     match n % 3 {
@@ -39,34 +39,39 @@ fn login() -> Login {
 
 fuzz_target!(|data: &[u8]| {
     let (sel, rest) = selector(data);
-    let mut m = UpstreamSetup::new(
-        security(sel),
-        auth(sel / 3),
-        "[127.0.0.1]".to_owned(),
-        sel & 0x80 != 0 && security(sel) == Security::Tls,
-    );
-    let mut step = m.start();
+    // Every complete reply in the input is checked on its own.
     let mut builder = ReplyBuilder::new();
     for line in lines(rest) {
         // One builder per reply, as the session driver does; after a
         // broken reply (the driver would close) start afresh so the rest
         // of the input is still used.
-        let reply = match builder.push(line) {
+        match builder.push(line) {
             Ok(Some(r)) => {
                 builder = ReplyBuilder::new();
-                r
+                check_reply(&r);
             }
-            Ok(None) => continue,
-            Err(_) => {
-                builder = ReplyBuilder::new();
-                continue;
-            }
-        };
-        check_reply(&reply);
-        let next = m.on_reply(&reply);
-        step = drive(&mut m, next);
+            Ok(None) => {}
+            Err(_) => builder = ReplyBuilder::new(),
+        }
     }
-    let _ = (step, m.phase(), m.failed_on_tls(), m.extensions().size());
+    // The machines, driven through their own framers as the driver does;
+    // a refused login is retried on the same connection.
+    let mut m = Connect::new(security(sel), auth(sel / 3), "[127.0.0.1]".to_owned());
+    let mut input = lines(rest);
+    let first = m.begin();
+    let Some(ready) = drive_machine(&mut m, first, &mut input) else {
+        return;
+    };
+    let _ = (ready.extensions().size(), ready.extensions().has("STARTTLS"));
+    for _ in 0..100 {
+        let Some((mut l, first)) = ready.login(login()) else {
+            return;
+        };
+        match drive_machine(&mut l, first, &mut input) {
+            Some(LoginDone::Refused(r)) => check_reply(&r),
+            Some(LoginDone::Authenticated) | None => return,
+        }
+    }
 });
 
 fn check_reply(r: &Reply) {
@@ -110,19 +115,4 @@ fn check_reply(r: &Reply) {
     }
     let ext = Extensions::from_ehlo(r);
     let _ = (ext.has("STARTTLS"), ext.size(), ext.has_auth("PLAIN"));
-}
-
-/// Runs the steps that need no reply; returns the one that waits for one.
-fn drive(m: &mut UpstreamSetup, mut step: Step) -> Step {
-    loop {
-        step = match step {
-            Step::Send(bytes) => {
-                assert_one_line("command to the server", &bytes);
-                return Step::Read;
-            }
-            Step::StartTls => m.on_tls(),
-            Step::Ready | Step::Refused(_) => m.authenticate(login()),
-            other => return other,
-        };
-    }
 }

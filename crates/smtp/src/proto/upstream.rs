@@ -1,385 +1,352 @@
-//! The upstream-facing setup and login: postern as an SMTP client.
+//! The upstream side: postern as an SMTP client, in two typed machines.
 //!
 //! ```text
-//!  Greeting ─► Ehlo ─(starttls)─► Starttls ─► [driver: TLS] ─► Ehlo (again) ─► Ready
-//!     │          └─ 5xx ─► Helo ─► Ready (only when neither TLS upgrade nor AUTH is needed)
-//!     └─(none, tls)─────────────────────────────────────────────────► Ready
-//!  Ready ─ authenticate(login) ─► AUTH PLAIN | LOGIN | CRAM-MD5 ─► Authenticated | Refused
+//!  Connect: Greeting ─► Ehlo ─(starttls)─► Starttls ─► [driver: TLS] ─► Ehlo (again) ─► Done(Ready)
+//!              │          └─ 5xx ─► Helo ─► Done(Ready) (only when neither TLS upgrade nor AUTH is needed)
+//!              └─(none, tls)────────────────────────────────────────────────────► Done(Ready)
+//!  Ready::login(login) ─► Login: AUTH PLAIN | LOGIN | CRAM-MD5 ─► Done(Authenticated) | Done(Refused)
 //! ```
 //! Fail-closed rules: with `starttls` the server must offer and accept
 //! STARTTLS; after TLS the extensions are forgotten and EHLO is sent again
 //! (RFC 3207 §4.2); the route's AUTH mechanism must be offered after TLS or
-//! the session fails — never a weaker one instead.
+//! the session fails — never a weaker one instead. Security failures are
+//! [`UpstreamError::Insecure`], so clients hear `421 4.7.0`.
 
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::sasl;
+use postern_core::upstream::{Machine, Step, UpstreamError};
 use zeroize::Zeroizing;
-
-use postern_core::upstream::{Io, Machine, Step as WireStep, UpstreamError};
 
 use super::ehlo::Extensions;
 use super::reply::{Reply, ReplyBuilder};
 
-/// What the driver should do next.
-#[derive(Debug)]
-pub enum Step {
-    /// Read the next reply.
-    Read,
-    /// Send these bytes (they may hold a secret: never log them), then read.
-    Send(Zeroizing<Vec<u8>>),
-    /// The server said go ahead: check nothing is buffered, handshake, then
-    /// call [`UpstreamSetup::on_tls`].
-    StartTls,
-    /// Connected, secured, extensions known; a login may follow.
-    Ready,
-    /// The login succeeded.
-    Authenticated,
-    /// The server refused the login (its reply: 4xx temporary, 5xx not).
-    Refused(Reply),
-    /// The session cannot go on; the reason is safe to log.
-    Fail(String),
+/// The route's login mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mechanism {
+    Plain,
+    Login,
+    CramMd5,
 }
 
-#[derive(Debug)]
-enum State {
+impl Mechanism {
+    fn of(auth: UpstreamAuth) -> Result<Option<Self>, UpstreamError> {
+        match auth {
+            UpstreamAuth::None => Ok(None),
+            UpstreamAuth::Plain => Ok(Some(Self::Plain)),
+            UpstreamAuth::Login => Ok(Some(Self::Login)),
+            UpstreamAuth::CramMd5 => Ok(Some(Self::CramMd5)),
+            other => fail(format!("`auth: {other}` is not an SMTP login method")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::Login => "LOGIN",
+            Self::CramMd5 => "CRAM-MD5",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectState {
     Greeting,
     Ehlo,
     Helo,
     Starttls,
     AwaitTls,
-    Ready,
+    Failed,
+}
+
+/// Connects: greeting, EHLO (HELO fallback), STARTTLS when the route wants it.
+#[derive(Debug)]
+pub struct Connect {
+    security: Security,
+    auth: UpstreamAuth,
+    ehlo_name: String,
+    state: ConnectState,
+    tls: bool,
+    extensions: Extensions,
+}
+
+/// Connected, secured, extensions known; a login may follow.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    mechanism: Option<Mechanism>,
+    extensions: Extensions,
+}
+
+/// How a login ended.
+#[derive(Debug)]
+pub enum LoginDone {
+    /// The login succeeded.
+    Authenticated,
+    /// The server refused the login (its reply: 4xx temporary, 5xx not);
+    /// the same [`Ready`] may try again.
+    Refused(Reply),
+}
+
+#[derive(Debug)]
+enum LoginState {
     PlainGo(Login),
     LoginUser(Login),
     LoginPass(Login),
     Cram(Login),
     AuthSent,
-    Authenticated,
-    Failed,
+    Over,
 }
 
-/// The upstream machine for one session.
+/// One login attempt on a [`Ready`] connection.
 #[derive(Debug)]
-pub struct UpstreamSetup {
-    security: Security,
-    auth: UpstreamAuth,
-    ehlo_name: String,
-    state: State,
-    tls: bool,
-    extensions: Extensions,
-    security_failure: bool,
+pub struct LoginMachine {
+    state: LoginState,
 }
 
-fn line(parts: &[&[u8]]) -> Zeroizing<Vec<u8>> {
-    let mut v = Zeroizing::new(Vec::with_capacity(64));
-    for p in parts {
-        v.extend_from_slice(p);
-    }
-    v.extend_from_slice(b"\r\n");
-    v
+fn fail<T>(why: impl Into<String>) -> Result<T, UpstreamError> {
+    Err(UpstreamError::Protocol(why.into()))
 }
 
-impl UpstreamSetup {
+fn insecure<T>(why: impl Into<String>) -> Result<T, UpstreamError> {
+    Err(UpstreamError::Insecure(why.into()))
+}
+
+impl Connect {
     /// A machine for the route's `security` and `auth`; `ehlo_name` is what
     /// postern calls itself in EHLO (an address literal of its own socket).
-    pub fn new(security: Security, auth: UpstreamAuth, ehlo_name: String, tls: bool) -> Self {
+    pub fn new(security: Security, auth: UpstreamAuth, ehlo_name: String) -> Self {
         Self {
             security,
             auth,
             ehlo_name,
-            state: State::Greeting,
-            tls,
+            state: ConnectState::Greeting,
+            tls: security == Security::Tls,
             extensions: Extensions::default(),
-            security_failure: false,
         }
     }
 
     /// The first step: read the greeting.
-    pub fn start(&self) -> Step {
-        Step::Read
+    pub fn begin(&self) -> Step<Ready> {
+        Step::read()
     }
 
-    /// The extensions of the current (post-TLS) connection.
-    pub fn extensions(&self) -> &Extensions {
-        &self.extensions
-    }
-
-    /// What the machine waits for, for logs and timeouts.
-    pub fn phase(&self) -> &'static str {
-        match self.state {
-            State::Greeting => "greeting",
-            State::Ehlo | State::Helo => "EHLO",
-            State::Starttls | State::AwaitTls => "STARTTLS",
-            State::Ready => "ready",
-            State::PlainGo(_)
-            | State::LoginUser(_)
-            | State::LoginPass(_)
-            | State::Cram(_)
-            | State::AuthSent => "AUTH",
-            State::Authenticated => "authenticated",
-            State::Failed => "failed",
-        }
-    }
-
-    /// Whether the session failed because TLS could not be had (the client
-    /// is told so with enhanced status 4.7.0).
-    pub fn failed_on_tls(&self) -> bool {
-        self.security_failure
-    }
-
-    fn fail_tls(&mut self, why: impl Into<String>) -> Step {
-        self.security_failure = true;
-        self.fail(why)
-    }
-
-    fn fail(&mut self, why: impl Into<String>) -> Step {
-        self.state = State::Failed;
-        Step::Fail(why.into())
-    }
-
-    fn ehlo(&mut self) -> Step {
-        self.state = State::Ehlo;
-        Step::Send(line(&[b"EHLO ", self.ehlo_name.as_bytes()]))
-    }
-
-    fn mechanism(&self) -> Option<&'static str> {
-        match self.auth {
-            UpstreamAuth::Plain => Some("PLAIN"),
-            UpstreamAuth::Login => Some("LOGIN"),
-            UpstreamAuth::CramMd5 => Some("CRAM-MD5"),
-            _ => None,
-        }
+    fn ehlo(&mut self) -> Step<Ready> {
+        self.state = ConnectState::Ehlo;
+        Step::send(&[b"EHLO ", self.ehlo_name.as_bytes()])
     }
 
     /// After EHLO/HELO on the final connection: check what the route needs.
-    fn ready(&mut self) -> Step {
-        if let Some(mech) = self.mechanism() {
-            if !self.extensions.has_auth(mech) {
-                return self.fail(format!(
-                    "the server does not offer AUTH {mech}{}; not trying another mechanism",
+    fn ready(&mut self) -> Result<Step<Ready>, UpstreamError> {
+        let mechanism = Mechanism::of(self.auth)?;
+        if let Some(m) = mechanism {
+            if !self.extensions.has_auth(m.name()) {
+                let why = format!(
+                    "the server does not offer AUTH {}{}; not trying another mechanism",
+                    m.name(),
                     if self.tls { " (after TLS)" } else { "" }
-                ));
+                );
+                return fail(why);
             }
         }
-        self.state = State::Ready;
-        Step::Ready
-    }
-
-    /// The TLS upgrade after STARTTLS succeeded.
-    pub fn on_tls(&mut self) -> Step {
-        if !matches!(self.state, State::AwaitTls) {
-            return self.fail("internal: TLS upgrade out of order");
-        }
-        self.tls = true;
-        // RFC 3207 §4.2: forget everything learnt before TLS.
-        self.extensions = Extensions::default();
-        self.ehlo()
-    }
-
-    /// Handles one complete reply.
-    pub fn on_reply(&mut self, reply: &Reply) -> Step {
-        let code = reply.code();
-        match std::mem::replace(&mut self.state, State::Failed) {
-            State::Greeting if code == 220 => self.ehlo(),
-            State::Greeting => self.fail(format!(
-                "the server refused the connection: {}",
-                reply.summary()
-            )),
-            State::Ehlo if code == 250 => {
-                self.extensions = Extensions::from_ehlo(reply);
-                if self.security == Security::Starttls && !self.tls {
-                    if !self.extensions.has("STARTTLS") {
-                        return self.fail_tls(
-                            "the server does not offer STARTTLS (not in its EHLO reply); refusing to continue without TLS",
-                        );
-                    }
-                    self.state = State::Starttls;
-                    return Step::Send(line(&[b"STARTTLS"]));
-                }
-                self.ready()
-            }
-            State::Ehlo if (500..600).contains(&code) => {
-                self.state = State::Helo;
-                Step::Send(line(&[b"HELO ", self.ehlo_name.as_bytes()]))
-            }
-            State::Ehlo => self.fail(format!("EHLO failed: {}", reply.summary())),
-            State::Helo if code == 250 => {
-                self.extensions = Extensions::default();
-                if self.security == Security::Starttls && !self.tls {
-                    return self.fail_tls("the server refused EHLO, so it cannot offer STARTTLS; refusing to continue without TLS");
-                }
-                self.ready()
-            }
-            State::Helo => self.fail(format!("HELO failed: {}", reply.summary())),
-            State::Starttls if code == 220 => {
-                self.state = State::AwaitTls;
-                Step::StartTls
-            }
-            State::Starttls => self.fail_tls(format!(
-                "the server refused STARTTLS ({}); refusing to continue without TLS",
-                reply.summary()
-            )),
-            State::PlainGo(login) if code == 334 => {
-                self.state = State::AuthSent;
-                Step::Send(line(&[sasl::plain_response(&login).as_bytes()]))
-            }
-            State::LoginUser(login) if code == 334 => {
-                let user = sasl::encode(login.user().as_bytes());
-                self.state = State::LoginPass(login);
-                Step::Send(line(&[user.as_bytes()]))
-            }
-            State::LoginPass(login) if code == 334 => {
-                let pass = Zeroizing::new(sasl::encode(login.password().expose()));
-                self.state = State::AuthSent;
-                Step::Send(line(&[pass.as_bytes()]))
-            }
-            State::Cram(login) if code == 334 => {
-                match sasl::cram_md5_challenge(reply.last_text()) {
-                    Ok(challenge) => {
-                        self.state = State::AuthSent;
-                        Step::Send(line(&[
-                            sasl::cram_md5_response(&login, &challenge).as_bytes()
-                        ]))
-                    }
-                    Err(e) => self.fail(e.to_string()),
-                }
-            }
-            State::AuthSent if code == 235 => {
-                self.state = State::Authenticated;
-                Step::Authenticated
-            }
-            State::AuthSent if code == 334 => {
-                self.fail("the server asked for more SASL data than the mechanism has")
-            }
-            State::PlainGo(_)
-            | State::LoginUser(_)
-            | State::LoginPass(_)
-            | State::Cram(_)
-            | State::AuthSent
-                if code >= 400 =>
-            {
-                self.state = State::Ready;
-                Step::Refused(reply.clone())
-            }
-            state => {
-                let phase = {
-                    self.state = state;
-                    self.phase()
-                };
-                self.fail(format!(
-                    "unexpected reply during {phase}: {}",
-                    reply.summary()
-                ))
-            }
-        }
-    }
-
-    /// Starts the route's login. Only valid after [`Step::Ready`] (or a
-    /// [`Step::Refused`]).
-    pub fn authenticate(&mut self, login: Login) -> Step {
-        if !matches!(self.state, State::Ready) {
-            return self.fail(format!("internal: login attempted during {}", self.phase()));
-        }
-        match self.auth {
-            UpstreamAuth::Plain => {
-                let ir = sasl::plain_response(&login);
-                // RFC 4954 §4: an initial response may make the line long;
-                // servers accept 12,288 octets, so only very long ones wait.
-                if ir.len() < 900 {
-                    self.state = State::AuthSent;
-                    Step::Send(line(&[b"AUTH PLAIN ", ir.as_bytes()]))
-                } else {
-                    self.state = State::PlainGo(login);
-                    Step::Send(line(&[b"AUTH PLAIN"]))
-                }
-            }
-            UpstreamAuth::Login => {
-                self.state = State::LoginUser(login);
-                Step::Send(line(&[b"AUTH LOGIN"]))
-            }
-            UpstreamAuth::CramMd5 => {
-                self.state = State::Cram(login);
-                Step::Send(line(&[b"AUTH CRAM-MD5"]))
-            }
-            _ => self.fail(format!("`auth: {}` is not an SMTP login method", self.auth)),
-        }
+        Ok(Step::Done(Ready {
+            mechanism,
+            extensions: std::mem::take(&mut self.extensions),
+        }))
     }
 }
 
-/// Where the upstream machine stops for the client.
-#[derive(Debug)]
-pub enum Done {
-    /// Connected, secured, extensions known; a login may follow.
-    Ready,
-    /// The login succeeded.
-    Authenticated,
-    /// The server refused the login (its reply: 4xx temporary, 5xx not).
-    Refused(Reply),
-}
-
-impl UpstreamSetup {
-    fn lift(&self, step: Step) -> Result<WireStep<Done>, UpstreamError> {
-        Ok(match step {
-            Step::Read => WireStep::Io(Io::Read),
-            Step::Send(bytes) => WireStep::Io(Io::Send(bytes)),
-            Step::StartTls => WireStep::Io(Io::StartTls),
-            Step::Ready => WireStep::Done(Done::Ready),
-            Step::Authenticated => WireStep::Done(Done::Authenticated),
-            Step::Refused(reply) => WireStep::Done(Done::Refused(reply)),
-            Step::Fail(why) if self.security_failure => return Err(UpstreamError::Insecure(why)),
-            Step::Fail(why) => return Err(UpstreamError::Protocol(why)),
-        })
-    }
-
-    /// The first wire step of a fresh connection.
-    pub fn begin(&self) -> Result<WireStep<Done>, UpstreamError> {
-        self.lift(self.start())
-    }
-
-    /// The wire steps of a login (after [`Done::Ready`] or [`Done::Refused`]).
-    pub fn login(&mut self, login: Login) -> Result<WireStep<Done>, UpstreamError> {
-        let step = self.authenticate(login);
-        self.lift(step)
-    }
-}
-
-impl Machine for UpstreamSetup {
+impl Machine for Connect {
     type Reply = Reply;
     type Framer = ReplyBuilder;
-    type Done = Done;
+    type Done = Ready;
 
     fn phase(&self) -> &'static str {
-        UpstreamSetup::phase(self)
+        match self.state {
+            ConnectState::Greeting => "greeting",
+            ConnectState::Ehlo | ConnectState::Helo => "EHLO",
+            ConnectState::Starttls | ConnectState::AwaitTls => "STARTTLS",
+            ConnectState::Failed => "failed",
+        }
     }
 
     fn framer(&self) -> ReplyBuilder {
         ReplyBuilder::new()
     }
 
-    fn on_reply(&mut self, reply: Reply) -> Result<WireStep<Done>, UpstreamError> {
-        let step = UpstreamSetup::on_reply(self, &reply);
-        self.lift(step)
+    fn on_reply(&mut self, reply: Reply) -> Result<Step<Ready>, UpstreamError> {
+        let code = reply.code();
+        let needs_tls = self.security == Security::Starttls && !self.tls;
+        match std::mem::replace(&mut self.state, ConnectState::Failed) {
+            ConnectState::Greeting if code == 220 => Ok(self.ehlo()),
+            ConnectState::Greeting => fail(format!(
+                "the server refused the connection: {}",
+                reply.summary()
+            )),
+            ConnectState::Ehlo if code == 250 => {
+                self.extensions = Extensions::from_ehlo(&reply);
+                if needs_tls {
+                    if !self.extensions.has("STARTTLS") {
+                        return insecure(
+                            "the server does not offer STARTTLS (not in its EHLO reply); refusing to continue without TLS",
+                        );
+                    }
+                    self.state = ConnectState::Starttls;
+                    return Ok(Step::send(&[b"STARTTLS"]));
+                }
+                self.ready()
+            }
+            ConnectState::Ehlo if (500..600).contains(&code) => {
+                self.state = ConnectState::Helo;
+                Ok(Step::send(&[b"HELO ", self.ehlo_name.as_bytes()]))
+            }
+            ConnectState::Ehlo => fail(format!("EHLO failed: {}", reply.summary())),
+            ConnectState::Helo if code == 250 => {
+                self.extensions = Extensions::default();
+                if needs_tls {
+                    return insecure("the server refused EHLO, so it cannot offer STARTTLS; refusing to continue without TLS");
+                }
+                self.ready()
+            }
+            ConnectState::Helo => fail(format!("HELO failed: {}", reply.summary())),
+            ConnectState::Starttls if code == 220 => {
+                self.state = ConnectState::AwaitTls;
+                Ok(Step::start_tls())
+            }
+            ConnectState::Starttls => insecure(format!(
+                "the server refused STARTTLS ({}); refusing to continue without TLS",
+                reply.summary()
+            )),
+            ConnectState::AwaitTls | ConnectState::Failed => fail(format!(
+                "unexpected reply during {}: {}",
+                "STARTTLS",
+                reply.summary()
+            )),
+        }
     }
 
-    fn on_tls(&mut self) -> Result<WireStep<Done>, UpstreamError> {
-        let step = UpstreamSetup::on_tls(self);
-        self.lift(step)
+    fn on_tls(&mut self) -> Result<Step<Ready>, UpstreamError> {
+        if self.state != ConnectState::AwaitTls {
+            return fail("TLS upgrade out of order");
+        }
+        self.tls = true;
+        // RFC 3207 §4.2: forget everything learnt before TLS.
+        self.extensions = Extensions::default();
+        Ok(self.ehlo())
+    }
+}
+
+impl Ready {
+    /// The extensions of the final (post-TLS) connection.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Starts a login with the route's mechanism; `None` on an `auth: none`
+    /// route, which does not log in.
+    pub fn login(&self, login: Login) -> Option<(LoginMachine, Step<LoginDone>)> {
+        let (state, step) = match self.mechanism? {
+            Mechanism::Plain => {
+                let ir = sasl::plain_response(&login);
+                // RFC 4954 §4: an initial response may make the line long;
+                // servers accept 12,288 octets, so only very long ones wait.
+                if ir.len() < 900 {
+                    (
+                        LoginState::AuthSent,
+                        Step::send(&[b"AUTH PLAIN ", ir.as_bytes()]),
+                    )
+                } else {
+                    (LoginState::PlainGo(login), Step::send(&[b"AUTH PLAIN"]))
+                }
+            }
+            Mechanism::Login => (LoginState::LoginUser(login), Step::send(&[b"AUTH LOGIN"])),
+            Mechanism::CramMd5 => (LoginState::Cram(login), Step::send(&[b"AUTH CRAM-MD5"])),
+        };
+        Some((LoginMachine { state }, step))
+    }
+}
+
+impl Machine for LoginMachine {
+    type Reply = Reply;
+    type Framer = ReplyBuilder;
+    type Done = LoginDone;
+
+    fn phase(&self) -> &'static str {
+        "AUTH"
+    }
+
+    fn framer(&self) -> ReplyBuilder {
+        ReplyBuilder::new()
+    }
+
+    fn on_reply(&mut self, reply: Reply) -> Result<Step<LoginDone>, UpstreamError> {
+        let code = reply.code();
+        let state = std::mem::replace(&mut self.state, LoginState::Over);
+        if code >= 400 && !matches!(state, LoginState::Over) {
+            return Ok(Step::Done(LoginDone::Refused(reply)));
+        }
+        match state {
+            LoginState::PlainGo(login) if code == 334 => {
+                self.state = LoginState::AuthSent;
+                Ok(Step::send(&[sasl::plain_response(&login).as_bytes()]))
+            }
+            LoginState::LoginUser(login) if code == 334 => {
+                let user = sasl::encode(login.user().as_bytes());
+                self.state = LoginState::LoginPass(login);
+                Ok(Step::send(&[user.as_bytes()]))
+            }
+            LoginState::LoginPass(login) if code == 334 => {
+                let pass = Zeroizing::new(sasl::encode(login.password().expose()));
+                self.state = LoginState::AuthSent;
+                Ok(Step::send(&[pass.as_bytes()]))
+            }
+            LoginState::Cram(login) if code == 334 => {
+                match sasl::cram_md5_challenge(reply.last_text()) {
+                    Ok(challenge) => {
+                        self.state = LoginState::AuthSent;
+                        Ok(Step::send(&[
+                            sasl::cram_md5_response(&login, &challenge).as_bytes()
+                        ]))
+                    }
+                    Err(e) => fail(e.to_string()),
+                }
+            }
+            LoginState::AuthSent if code == 235 => Ok(Step::Done(LoginDone::Authenticated)),
+            LoginState::AuthSent if code == 334 => {
+                fail("the server asked for more SASL data than the mechanism has")
+            }
+            _ => fail(format!("unexpected reply during AUTH: {}", reply.summary())),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_core::upstream::Io;
     use postern_core::Secret;
 
     fn r(raw: &str) -> Reply {
         Reply::parse(raw.as_bytes()).expect("reply")
     }
 
-    fn sent(step: Step) -> String {
+    fn sent<D: std::fmt::Debug>(step: Result<Step<D>, UpstreamError>) -> String {
         match step {
-            Step::Send(b) => String::from_utf8(b.to_vec()).expect("ascii"),
+            Ok(Step::Io(Io::Send(b))) => String::from_utf8(b.to_vec()).expect("ascii"),
             other => panic!("expected Send, got {other:?}"),
+        }
+    }
+
+    fn ready(step: Result<Step<Ready>, UpstreamError>) -> Ready {
+        match step {
+            Ok(Step::Done(r)) => r,
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    fn failure<D: std::fmt::Debug>(step: Result<Step<D>, UpstreamError>) -> UpstreamError {
+        match step {
+            Err(e) => e,
+            other => panic!("expected a failure, got {other:?}"),
         }
     }
 
@@ -387,47 +354,45 @@ mod tests {
         Login::new(b"tim", Secret::from("tanstaaftanstaaf")).expect("login")
     }
 
-    fn setup(security: Security, auth: UpstreamAuth) -> UpstreamSetup {
-        UpstreamSetup::new(
-            security,
-            auth,
-            "[127.0.0.1]".to_owned(),
-            security == Security::Tls,
-        )
+    fn start(r: &Ready) -> (LoginMachine, String) {
+        let (m, first) = r.login(login()).expect("a login route");
+        (m, sent(Ok(first)))
+    }
+
+    fn setup(security: Security, auth: UpstreamAuth) -> Connect {
+        Connect::new(security, auth, "[127.0.0.1]".to_owned())
     }
 
     #[test]
     fn starttls_then_cram_md5_with_the_rfc_vector() {
         let mut m = setup(Security::Starttls, UpstreamAuth::CramMd5);
         assert_eq!(
-            sent(m.on_reply(&r("220 smtp.example ESMTP\r\n"))),
+            sent(m.on_reply(r("220 smtp.example ESMTP\r\n"))),
             "EHLO [127.0.0.1]\r\n"
         );
         // Before TLS the server lists no CRAM-MD5; that must not matter.
         assert_eq!(
-            sent(m.on_reply(&r("250-smtp.example\r\n250 STARTTLS\r\n"))),
+            sent(m.on_reply(r("250-smtp.example\r\n250 STARTTLS\r\n"))),
             "STARTTLS\r\n"
         );
         assert!(matches!(
-            m.on_reply(&r("220 2.0.0 go ahead\r\n")),
-            Step::StartTls
+            m.on_reply(r("220 2.0.0 go ahead\r\n")),
+            Ok(Step::Io(Io::StartTls))
         ));
         assert_eq!(sent(m.on_tls()), "EHLO [127.0.0.1]\r\n");
+        let rd = ready(m.on_reply(r("250-smtp.example\r\n250 AUTH CRAM-MD5 PLAIN\r\n")));
         assert!(
-            !m.extensions().has("STARTTLS"),
+            !rd.extensions().has("STARTTLS"),
             "pre-TLS extensions forgotten"
         );
-        assert!(matches!(
-            m.on_reply(&r("250-smtp.example\r\n250 AUTH CRAM-MD5 PLAIN\r\n")),
-            Step::Ready
-        ));
-        assert_eq!(sent(m.authenticate(login())), "AUTH CRAM-MD5\r\n");
+        let (mut l, first) = start(&rd);
+        assert_eq!(first, "AUTH CRAM-MD5\r\n");
         let challenge = sasl::encode(b"<1896.697170952@postoffice.reston.mci.net>");
-        let resp = sent(m.on_reply(&r(&format!("334 {challenge}\r\n"))));
+        let resp = sent(l.on_reply(r(&format!("334 {challenge}\r\n"))));
         assert_eq!(resp, "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n");
         assert!(matches!(
-            m.on_reply(&r("235 2.7.0 ok\r\n")),
-            Step::Authenticated
+            l.on_reply(r("235 2.7.0 ok\r\n")),
+            Ok(Step::Done(LoginDone::Authenticated))
         ));
     }
 
@@ -435,82 +400,74 @@ mod tests {
     fn starttls_stripping_fails_closed() {
         // Not offered.
         let mut m = setup(Security::Starttls, UpstreamAuth::Plain);
-        m.on_reply(&r("220 x\r\n"));
-        assert!(matches!(
-            m.on_reply(&r("250-x\r\n250 AUTH PLAIN\r\n")),
-            Step::Fail(_)
-        ));
+        sent(m.on_reply(r("220 x\r\n")));
+        assert!(failure(m.on_reply(r("250-x\r\n250 AUTH PLAIN\r\n"))).is_tls());
         // Refused.
         let mut m = setup(Security::Starttls, UpstreamAuth::Plain);
-        m.on_reply(&r("220 x\r\n"));
-        m.on_reply(&r("250-x\r\n250 STARTTLS\r\n"));
-        assert!(matches!(
-            m.on_reply(&r("454 4.7.0 TLS not available\r\n")),
-            Step::Fail(_)
-        ));
+        sent(m.on_reply(r("220 x\r\n")));
+        sent(m.on_reply(r("250-x\r\n250 STARTTLS\r\n")));
+        assert!(failure(m.on_reply(r("454 4.7.0 TLS not available\r\n"))).is_tls());
         // EHLO refused, only HELO works.
         let mut m = setup(Security::Starttls, UpstreamAuth::None);
-        m.on_reply(&r("220 x\r\n"));
+        sent(m.on_reply(r("220 x\r\n")));
         assert_eq!(
-            sent(m.on_reply(&r("502 5.5.2 no EHLO\r\n"))),
+            sent(m.on_reply(r("502 5.5.2 no EHLO\r\n"))),
             "HELO [127.0.0.1]\r\n"
         );
-        assert!(matches!(m.on_reply(&r("250 x\r\n")), Step::Fail(_)));
+        assert!(failure(m.on_reply(r("250 x\r\n"))).is_tls());
+        // TLS out of order.
+        let mut m = setup(Security::Starttls, UpstreamAuth::None);
+        failure(m.on_tls());
     }
 
     #[test]
     fn helo_fallback_only_without_tls_upgrade_or_auth() {
         let mut m = setup(Security::Tls, UpstreamAuth::None);
-        m.on_reply(&r("220 x\r\n"));
-        sent(m.on_reply(&r("500 what\r\n")));
-        assert!(matches!(m.on_reply(&r("250 x\r\n")), Step::Ready));
+        sent(m.on_reply(r("220 x\r\n")));
+        sent(m.on_reply(r("500 what\r\n")));
+        let rd = ready(m.on_reply(r("250 x\r\n")));
+        assert!(rd.login(login()).is_none(), "auth: none does not log in");
 
         let mut m = setup(Security::Tls, UpstreamAuth::Login);
-        m.on_reply(&r("220 x\r\n"));
-        sent(m.on_reply(&r("500 what\r\n")));
-        assert!(matches!(m.on_reply(&r("250 x\r\n")), Step::Fail(_)));
+        sent(m.on_reply(r("220 x\r\n")));
+        sent(m.on_reply(r("500 what\r\n")));
+        failure(m.on_reply(r("250 x\r\n")));
     }
 
     #[test]
     fn mechanism_must_be_offered() {
         let mut m = setup(Security::Tls, UpstreamAuth::CramMd5);
-        m.on_reply(&r("220 x\r\n"));
-        match m.on_reply(&r("250-x\r\n250 AUTH PLAIN LOGIN\r\n")) {
-            Step::Fail(why) => assert!(why.contains("CRAM-MD5"), "{why}"),
-            other => panic!("{other:?}"),
-        }
+        sent(m.on_reply(r("220 x\r\n")));
+        let e = failure(m.on_reply(r("250-x\r\n250 AUTH PLAIN LOGIN\r\n")));
+        assert!(e.to_string().contains("CRAM-MD5"), "{e}");
     }
 
     #[test]
     fn login_and_plain_exchanges_and_refusals() {
         let mut m = setup(Security::Tls, UpstreamAuth::Login);
-        m.on_reply(&r("220 x\r\n"));
-        assert!(matches!(
-            m.on_reply(&r("250-x\r\n250 AUTH LOGIN\r\n")),
-            Step::Ready
-        ));
-        assert_eq!(sent(m.authenticate(login())), "AUTH LOGIN\r\n");
-        assert_eq!(sent(m.on_reply(&r("334 VXNlcm5hbWU6\r\n"))), "dGlt\r\n");
+        sent(m.on_reply(r("220 x\r\n")));
+        let rd = ready(m.on_reply(r("250-x\r\n250 AUTH LOGIN\r\n")));
+        let (mut l, first) = start(&rd);
+        assert_eq!(first, "AUTH LOGIN\r\n");
+        assert_eq!(sent(l.on_reply(r("334 VXNlcm5hbWU6\r\n"))), "dGlt\r\n");
         assert_eq!(
-            sent(m.on_reply(&r("334 UGFzc3dvcmQ6\r\n"))),
+            sent(l.on_reply(r("334 UGFzc3dvcmQ6\r\n"))),
             format!("{}\r\n", sasl::encode(b"tanstaaftanstaaf"))
         );
-        match m.on_reply(&r("535 5.7.8 bad\r\n")) {
-            Step::Refused(reply) => assert_eq!(reply.code(), 535),
+        match l.on_reply(r("535 5.7.8 bad\r\n")) {
+            Ok(Step::Done(LoginDone::Refused(reply))) => assert_eq!(reply.code(), 535),
             other => panic!("{other:?}"),
         }
-        // Ready again: another attempt is possible.
-        assert_eq!(sent(m.authenticate(login())), "AUTH LOGIN\r\n");
+        // The same Ready may try again.
+        assert_eq!(start(&rd).1, "AUTH LOGIN\r\n");
 
         let mut m = setup(Security::Tls, UpstreamAuth::Plain);
-        m.on_reply(&r("220 x\r\n"));
-        m.on_reply(&r("250-x\r\n250 AUTH=PLAIN\r\n"));
-        assert_eq!(
-            sent(m.authenticate(login())),
-            "AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n"
-        );
-        match m.on_reply(&r("454 4.7.0 try later\r\n")) {
-            Step::Refused(reply) => assert!(reply.is_transient()),
+        sent(m.on_reply(r("220 x\r\n")));
+        let rd = ready(m.on_reply(r("250-x\r\n250 AUTH=PLAIN\r\n")));
+        let (mut l, first) = start(&rd);
+        assert_eq!(first, "AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
+        match l.on_reply(r("454 4.7.0 try later\r\n")) {
+            Ok(Step::Done(LoginDone::Refused(reply))) => assert!(reply.is_transient()),
             other => panic!("{other:?}"),
         }
     }
@@ -518,11 +475,11 @@ mod tests {
     #[test]
     fn bad_greeting_and_bad_challenge_fail() {
         let mut m = setup(Security::None, UpstreamAuth::CramMd5);
-        assert!(matches!(m.on_reply(&r("554 go away\r\n")), Step::Fail(_)));
+        failure(m.on_reply(r("554 go away\r\n")));
         let mut m = setup(Security::None, UpstreamAuth::CramMd5);
-        m.on_reply(&r("220 x\r\n"));
-        m.on_reply(&r("250-x\r\n250 AUTH CRAM-MD5\r\n"));
-        sent(m.authenticate(login()));
-        assert!(matches!(m.on_reply(&r("334 ***\r\n")), Step::Fail(_)));
+        sent(m.on_reply(r("220 x\r\n")));
+        let rd = ready(m.on_reply(r("250-x\r\n250 AUTH CRAM-MD5\r\n")));
+        let (mut l, _) = start(&rd);
+        failure(l.on_reply(r("334 ***\r\n")));
     }
 }

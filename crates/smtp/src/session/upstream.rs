@@ -12,7 +12,7 @@ use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 use super::{Smtp, BLOCKED, DEVICE_REFUSED, HOSTNAME, UPSTREAM_LOST};
 use crate::proto::client::{Action, ClientSession, Forward, Kind, LoginOutcome};
 use crate::proto::reply::ReplyBuilder;
-use crate::proto::upstream::{Done, UpstreamSetup};
+use crate::proto::upstream::{Connect, LoginDone, Ready};
 
 const DATA_NOT_STARTED: &[u8] =
     b"451 4.4.2 postern: the mail server answered DATA wrongly; the message was not sent, try again\r\n";
@@ -21,7 +21,7 @@ const DATA_NOT_STARTED: &[u8] =
 #[derive(Debug, Default)]
 pub(super) struct Slot {
     /// The open connection and its machine (after setup).
-    open: Option<(Link, UpstreamSetup)>,
+    open: Option<(Link, Ready)>,
     /// Set when the connection was dropped: what every later command hears.
     lost: Option<&'static [u8]>,
 }
@@ -89,7 +89,7 @@ impl Slot {
             Err(e) => return Err(self.fail(s, e).await),
         };
         let outcome = match done {
-            Done::Authenticated => {
+            LoginDone::Authenticated => {
                 if let Some(id) = stored {
                     route.credentials.upstream_accepted(id);
                 }
@@ -100,24 +100,20 @@ impl Slot {
             }
             // Stored credentials: a temporary, non-credential error, so the
             // client does not prompt for a password it does not own; back off.
-            Done::Refused(reply) if stored.is_some() => {
+            LoginDone::Refused(reply) if stored.is_some() => {
                 if let Some(id) = stored {
                     route.credentials.upstream_rejected(id);
                 }
                 tracing::warn!(user = ?name, reply = %reply.summary(), "the upstream refused stored credentials; backing off");
                 LoginOutcome::TemporaryFailure
             }
-            Done::Refused(reply) if reply.is_transient() => {
+            LoginDone::Refused(reply) if reply.is_transient() => {
                 tracing::warn!(user = ?name, reply = %reply.summary(), "the upstream refused the login for now");
                 LoginOutcome::TemporaryFailure
             }
-            Done::Refused(reply) => {
+            LoginDone::Refused(reply) => {
                 tracing::warn!(user = ?name, reply = %reply.summary(), "the upstream refused the login");
                 LoginOutcome::Rejected
-            }
-            Done::Ready => {
-                let e = UpstreamError::Protocol("the login ended without an answer".to_owned());
-                return Err(self.fail(s, e).await);
             }
         };
         Ok(outcome)
@@ -131,14 +127,16 @@ impl Slot {
         route: &Route<Smtp>,
         s: &mut Session,
         resolved: Resolved,
-    ) -> Result<Result<Done, UpstreamError>, SessionEnd> {
-        let (link, setup) = match self.open.as_mut() {
+    ) -> Result<Result<LoginDone, UpstreamError>, SessionEnd> {
+        let (link, ready) = match self.open.as_mut() {
             Some(open) => open,
             None => self.open.insert(open(route, s).await?),
         };
-        Ok(match setup.login(resolved.upstream) {
-            Ok(first) => drive(link, setup, first).await,
-            Err(e) => Err(e),
+        Ok(match ready.login(resolved.upstream) {
+            Some((mut machine, first)) => drive(link, &mut machine, first).await,
+            None => Err(UpstreamError::Protocol(
+                "this route does not log in upstream (auth: none)".to_owned(),
+            )),
         })
     }
 
@@ -187,15 +185,17 @@ impl Slot {
         s: &mut Session,
         device: Option<&Resolved>,
     ) -> Result<(), SessionEnd> {
-        let (mut link, mut setup) = open(route, s).await?;
+        let (mut link, ready) = open(route, s).await?;
         if let Some(dev) = device {
             let name = dev.upstream.user().to_owned();
-            let done = match setup.login(dev.upstream.clone()) {
-                Ok(first) => drive(&mut link, &mut setup, first).await,
-                Err(e) => Err(e),
+            let done = match ready.login(dev.upstream.clone()) {
+                Some((mut machine, first)) => drive(&mut link, &mut machine, first).await,
+                None => Err(UpstreamError::Protocol(
+                    "a device on a route that does not log in upstream".to_owned(),
+                )),
             };
             match (done, dev.account) {
-                (Ok(Done::Authenticated), id) => {
+                (Ok(LoginDone::Authenticated), id) => {
                     if let Some(id) = id {
                         route.credentials.upstream_accepted(id);
                     }
@@ -214,7 +214,7 @@ impl Slot {
             }
         }
         s.client.logged_in();
-        self.open = Some((link, setup));
+        self.open = Some((link, ready));
         Ok(())
     }
 
@@ -229,7 +229,7 @@ impl Slot {
 /// Connects, secures and greets the upstream up to the point of login,
 /// and refreshes the route's snapshot of its extensions. A failure is told
 /// to the client (a security failure as such).
-async fn open(route: &Route<Smtp>, s: &mut Session) -> Result<(Link, UpstreamSetup), SessionEnd> {
+async fn open(route: &Route<Smtp>, s: &mut Session) -> Result<(Link, Ready), SessionEnd> {
     match connect(route).await {
         Ok(open) => Ok(open),
         Err(e) => {
@@ -244,34 +244,21 @@ async fn open(route: &Route<Smtp>, s: &mut Session) -> Result<(Link, UpstreamSet
     }
 }
 
-async fn connect(route: &Route<Smtp>) -> Result<(Link, UpstreamSetup), UpstreamError> {
+async fn connect(route: &Route<Smtp>) -> Result<(Link, Ready), UpstreamError> {
     let mut link = route.connect().await?;
     let ehlo_name = match link.conn().stream().local_addr().map(|a| a.ip()) {
         Ok(IpAddr::V4(ip)) => format!("[{ip}]"),
         Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
         Err(_) => HOSTNAME.to_owned(),
     };
-    let security = route.transport.security();
-    let mut setup = UpstreamSetup::new(
-        security,
-        route.auth,
-        ehlo_name,
-        security == postern_core::config::Security::Tls,
-    );
-    let first = setup.begin()?;
-    match drive(&mut link, &mut setup, first).await? {
-        Done::Ready => {}
-        _ => {
-            return Err(UpstreamError::Protocol(
-                "the server finished a login nobody started".to_owned(),
-            ))
-        }
-    }
+    let mut machine = Connect::new(route.transport.security(), route.auth, ehlo_name);
+    let first = machine.begin();
+    let ready = drive(&mut link, &mut machine, first).await?;
     tracing::debug!(tls = link.tls_version().unwrap_or("none"), "upstream ready");
     if let Ok(mut snapshot) = route.extra.extensions.lock() {
-        *snapshot = Some(setup.extensions().clone());
+        *snapshot = Some(ready.extensions().clone());
     }
-    Ok((link, setup))
+    Ok((link, ready))
 }
 
 /// postern itself refused the credentials.
