@@ -60,7 +60,22 @@ pub(super) async fn message(
     let outcome = relay(route, &mut s.client, link, session.max_size()).await;
     session.on_message_done();
     let ms = started.elapsed().as_millis() as u64;
-    let answer: Cow<'static, [u8]> = match outcome {
+    let answer = answer(route, s, slot, outcome, rcpts, ms).await?;
+    s.client.write(&answer).await?;
+    Ok(())
+}
+
+/// Logs how the message went and decides the client's reply (or the end
+/// of the session).
+async fn answer(
+    route: &Route<Smtp>,
+    s: &mut Session,
+    slot: &mut Slot,
+    outcome: Outcome,
+    rcpts: u32,
+    ms: u64,
+) -> Result<Cow<'static, [u8]>, SessionEnd> {
+    Ok(match outcome {
         Outcome::Relayed { reply, bytes } => {
             tracing::info!(rcpts, bytes, code = reply.code(), ms, "message relayed");
             Cow::Owned(reply.sanitized())
@@ -105,9 +120,7 @@ pub(super) async fn message(
             }
             return Err(why.into());
         }
-    };
-    s.client.write(&answer).await?;
-    Ok(())
+    })
 }
 
 /// Waits for the client's next data, under the block deadline, the total
@@ -156,6 +169,77 @@ fn too_slow(min_rate: u64, bytes: u64, elapsed: Duration) -> bool {
         && (bytes as f64) < (min_rate as f64) * elapsed.as_secs_f64()
 }
 
+/// One message in flight: the scanner, what is held back, and whether
+/// the upstream is still being fed.
+struct Relay {
+    scan: DataScanner,
+    out: Vec<u8>,
+    failure: Option<UpstreamError>,
+    too_big: bool,
+}
+
+/// What one chunk of client data held.
+enum Chunk {
+    More,
+    End,
+    BareLineEnding,
+}
+
+impl Relay {
+    /// Whether the upstream is still being fed (and so watched).
+    fn feeding(&self) -> bool {
+        self.failure.is_none() && !self.too_big
+    }
+
+    /// Scans the client's buffered chunk and forwards what is resolved.
+    async fn chunk(&mut self, client: &mut ClientSide, up: &mut Link, max_size: u64) -> Chunk {
+        let chunk = client.conn().buffered();
+        let held_before = self.scan.held();
+        let (take, end) = match self.scan.feed(chunk) {
+            Scan::End(n) => (n, true),
+            Scan::BareLineEnding(_) => return Chunk::BareLineEnding,
+            _ => (chunk.len(), false),
+        };
+        if self.scan.bytes() > max_size {
+            self.too_big = true;
+        }
+        if self.feeding() {
+            self.out.clear();
+            self.out.extend_from_slice(held_before);
+            self.out.extend_from_slice(&chunk[..take]);
+            let send = if end {
+                self.out.len()
+            } else {
+                self.out.len() - self.scan.held().len()
+            };
+            if send > 0 {
+                if let Err(e) = forward(up, &self.out[..send]).await {
+                    self.failure = Some(e);
+                }
+            }
+        }
+        client.conn().consume(take);
+        if end {
+            Chunk::End
+        } else {
+            Chunk::More
+        }
+    }
+}
+
+/// Writes resolved message data upstream once the upstream is quiet:
+/// anything it said so far came before the end of data and cannot be the
+/// reply to it.
+async fn forward(up: &mut Link, bytes: &[u8]) -> Result<(), UpstreamError> {
+    match up.ensure_quiet("during message data").await {
+        Err(UpstreamError::Misbehaved(Misbehaved::Unsolicited(_))) => {
+            Err(Misbehaved::ReplyDuringData.into())
+        }
+        Err(e) => Err(e),
+        Ok(()) => up.write_raw(bytes).await,
+    }
+}
+
 async fn relay(
     route: &Route<Smtp>,
     client: &mut ClientSide,
@@ -163,86 +247,51 @@ async fn relay(
     max_size: u64,
 ) -> Outcome {
     let started = Instant::now();
-    let mut scan = DataScanner::new();
-    let mut out: Vec<u8> = Vec::with_capacity(READ_BUFFER + 2);
-    let mut failure: Option<UpstreamError> = None;
-    let mut too_big = false;
+    let mut r = Relay {
+        scan: DataScanner::new(),
+        out: Vec::with_capacity(READ_BUFFER + 2),
+        failure: None,
+        too_big: false,
+    };
     loop {
-        if client.conn().buffered().is_empty() {
-            let watch = failure.is_none() && !too_big;
-            match client_data(route, client, up, watch, started).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = Some(e),
-                Err(why) => {
-                    return Outcome::ClientGone {
-                        why,
-                        bytes: scan.bytes(),
-                    }
-                }
-            }
-        }
-        if too_slow(route.limits.data_min_rate, scan.bytes(), started.elapsed()) {
-            return Outcome::ClientGone {
-                why: Closed::DataTooSlow,
-                bytes: scan.bytes(),
-            };
-        }
-        let chunk = client.conn().buffered();
-        let held_before = scan.held();
-        let (take, end) = match scan.feed(chunk) {
-            Scan::End(n) => (n, true),
-            Scan::BareLineEnding(_) => {
-                return Outcome::BareLineEnding {
-                    bytes: scan.bytes(),
-                }
-            }
-            _ => (chunk.len(), false),
+        let gone = |why| Outcome::ClientGone {
+            why,
+            bytes: r.scan.bytes(),
         };
-        if scan.bytes() > max_size {
-            too_big = true;
-        }
-        if failure.is_none() && !too_big {
-            out.clear();
-            out.extend_from_slice(held_before);
-            out.extend_from_slice(&chunk[..take]);
-            let send = if end {
-                out.len()
-            } else {
-                out.len() - scan.held().len()
-            };
-            if send > 0 {
-                // Anything the upstream said so far came before the end of
-                // data: it cannot be the reply to it.
-                let sent = match up.ensure_quiet("during message data").await {
-                    Err(UpstreamError::Misbehaved(Misbehaved::Unsolicited(_))) => {
-                        Err(Misbehaved::ReplyDuringData.into())
-                    }
-                    Err(e) => Err(e),
-                    Ok(()) => up.write_raw(&out[..send]).await,
-                };
-                if let Err(e) = sent {
-                    failure = Some(e);
-                }
+        if client.conn().buffered().is_empty() {
+            match client_data(route, client, up, r.feeding(), started).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => r.failure = Some(e),
+                Err(why) => return gone(why),
             }
         }
-        client.conn().consume(take);
-        if end {
-            break;
+        if too_slow(
+            route.limits.data_min_rate,
+            r.scan.bytes(),
+            started.elapsed(),
+        ) {
+            return gone(Closed::DataTooSlow);
+        }
+        match r.chunk(client, up, max_size).await {
+            Chunk::More => {}
+            Chunk::End => break,
+            Chunk::BareLineEnding => {
+                return Outcome::BareLineEnding {
+                    bytes: r.scan.bytes(),
+                }
+            }
         }
     }
-    let bytes = scan.bytes();
-    if too_big {
+    let bytes = r.scan.bytes();
+    if r.too_big {
         return Outcome::TooBig { bytes };
     }
-    if let Some(error) = failure {
+    if let Some(error) = r.failure {
         return Outcome::UpstreamLost { error, bytes };
     }
+    let phase = "the reply to the end of data";
     match up
-        .read_reply(
-            ReplyBuilder::new(),
-            "the reply to the end of data",
-            route.timeouts.final_reply,
-        )
+        .read_reply(ReplyBuilder::new(), phase, route.timeouts.final_reply)
         .await
     {
         Ok(reply) => Outcome::Relayed { reply, bytes },
