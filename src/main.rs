@@ -61,6 +61,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match load(config) {
             Ok(c) => {
+                // Warnings, not problems: the file is valid and `run` would start.
+                for w in c.exposed_secrets() {
+                    eprintln!("postern: warning: {w}");
+                }
                 print!("{}", postern::route_table(&c));
                 println!("configuration OK: {} route(s)", c.routes.len());
                 ExitCode::SUCCESS

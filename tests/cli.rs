@@ -315,3 +315,145 @@ fn a_busy_listen_address_is_named_with_the_reason() {
     );
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
 }
+
+/// A password file every user can read: `check` warns (naming the file and
+/// its mode, as ssh does) but accepts the file; `run` logs the same warning.
+/// A 0600 file gets no warning.
+#[cfg(unix)]
+#[test]
+fn world_readable_secret_files_are_warned_about_not_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("postern-cli-secret-mode");
+    let secret = dir.write("office_pw", "s3cret-value\n");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let file = dir.write(
+        "p.yaml",
+        format!("routes:\n  - name: office\n    protocol: pop3\n    listen: {addr}\n    upstream: {{ address: h:110, security: none, auth: apop }}\n    credentials:\n      accounts:\n        - {{ local_user: u, local_password_file: office_pw, upstream_user: o, upstream_password_file: office_pw }}\n"),
+    );
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let check = || {
+        let out = postern()
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "a warning is not a failure: {stderr}");
+        stderr
+    };
+
+    chmod(0o644);
+    let stderr = check();
+    let path = secret.display().to_string();
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 2, "one per key naming the file:\n{stderr}");
+    for (line, key) in warnings
+        .iter()
+        .zip(["upstream_password_file", "local_password_file"])
+    {
+        for want in ["route \"office\"", key, "0644", &path, "chmod 600"] {
+            assert!(line.contains(want), "{want:?} missing: {line}");
+        }
+    }
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+
+    // `run` logs it before anything else (here it then fails to bind).
+    let out = postern()
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("WARN") && log.contains("0644") && log.contains(&path),
+        "{log}"
+    );
+
+    chmod(0o600);
+    let stderr = check();
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let out = postern()
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("too open"), "{log}");
+    assert!(
+        log.contains("in use"),
+        "the run got as far as binding: {log}"
+    );
+    drop(taken);
+}
+
+/// A flood of refused connections is one log line with the client, then a
+/// count (here reported when SIGTERM drains it, before its 10 s are up).
+#[cfg(unix)]
+#[test]
+fn refused_connections_are_counted_not_logged_one_by_one() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = TempDir::new("postern-cli-refusals");
+    let file = dir.write(
+        "p.yaml",
+        format!("routes:\n  - name: r\n    protocol: pop3\n    listen: 127.0.0.1:{port}\n    allow: [10.0.0.0/8]\n    upstream: {{ address: h:110, security: none, auth: apop }}\n"),
+    );
+    let mut child = postern()
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut first = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("postern did not listen: {e}"),
+        }
+    };
+    let refused = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("refusal");
+        assert!(reply.starts_with("-ERR"), "{reply}");
+    };
+    refused(&mut first);
+    for _ in 0..40 {
+        refused(&mut TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(child.wait().expect("wait").success(), "{log}");
+    let alone = log
+        .lines()
+        .filter(|l| l.contains("refused: address not in the route's allow list"))
+        .count();
+    assert_eq!(alone, 1, "one line for the first refusal:\n{log}");
+    assert!(
+        log.contains("40 connections refused in the last")
+            && log.contains("s: address not in the route's allow list"),
+        "the rest are counted:\n{log}"
+    );
+    assert!(log.lines().count() < 10, "{log}");
+}

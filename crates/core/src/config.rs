@@ -726,8 +726,7 @@ impl Config {
             );
         }
         let mut names = HashSet::new();
-        let mut listens = HashSet::new();
-        for route in &self.routes {
+        for (i, route) in self.routes.iter().enumerate() {
             let mut p = |key: &str, message: String| {
                 out.push(Problem {
                     line: None,
@@ -743,19 +742,112 @@ impl Config {
                     "another route has the same name; route names must be unique".to_owned(),
                 );
             }
-            // Port 0 (tests) asks the OS for a fresh port each time.
-            if route.listen.address().port() != 0 && !listens.insert(route.listen.address()) {
+            let here = route.listen.address();
+            for other in &self.routes[..i] {
+                let there = other.listen.address();
+                if !listens_overlap(here, there) {
+                    continue;
+                }
+                let how = if here == there {
+                    format!("route \"{}\" already listens on {here}", other.name)
+                } else {
+                    format!(
+                        "{here} overlaps {there} of route \"{}\" (an unspecified address such as 0.0.0.0 or [::] takes the port on every address of its family, and [::] may take IPv4 too)",
+                        other.name
+                    )
+                };
                 p(
                     "listen",
-                    format!(
-                        "another route already listens on {}; each route needs its own address and port",
-                        route.listen.address()
-                    ),
+                    format!("{how}; `run` could not bind both, so give each route its own port or addresses that do not overlap"),
                 );
             }
         }
         out
     }
+}
+
+/// A secret file every user of the machine can read (mode `o+r`). Not a
+/// problem that stops start-up (files written with the common umask 0022
+/// are 0644, and refusing them would break working setups), but `check`
+/// prints it and `run` logs it, as ssh does for private keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExposedSecret {
+    /// The route that reads the file.
+    pub route: String,
+    /// The key naming the file (`credentials.accounts[0].upstream_password_file`).
+    pub key: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+}
+
+impl fmt::Display for ExposedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = self.path.display();
+        write!(
+            f,
+            "route \"{}\": {}: permissions {:04o} for {path} are too open: every user on this machine can read this secret; \
+             restrict it with `chmod 600 {path}` (or 640 with a group only postern is in; \
+             Docker and Kubernetes secrets: mount them with mode 0400)",
+            self.route, self.key, self.mode
+        )
+    }
+}
+
+impl Config {
+    /// Secret files (passwords, listener private keys) that every local
+    /// user can read. `check` prints these and `run` logs them.
+    pub fn exposed_secrets(&self) -> Vec<ExposedSecret> {
+        let mut out = Vec::new();
+        for route in &self.routes {
+            let mut files: Vec<(String, &Path)> = Vec::new();
+            if route.listen.0.security != Security::None {
+                if let Some(key) = &route.listen.0.key {
+                    files.push(("listen.key".to_owned(), key));
+                }
+            }
+            if let Credentials::Accounts(cfg) = &route.credentials {
+                for (i, a) in cfg.accounts.iter().enumerate() {
+                    let key = |k: &str| format!("credentials.accounts[{i}].{k}");
+                    if let Some(f) = &a.upstream_password_file {
+                        files.push((key("upstream_password_file"), f));
+                    }
+                    if let Some(f) = &a.local_password_file {
+                        files.push((key("local_password_file"), f));
+                    }
+                }
+            }
+            for (key, path) in files {
+                if let Some(mode) = crate::secret::readable_by_everyone(path) {
+                    out.push(ExposedSecret {
+                        route: route.name.clone(),
+                        key,
+                        path: path.to_owned(),
+                        mode,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether two listeners could not both be bound: same port, and the same
+/// address, or one of them unspecified in a family that covers the other.
+/// `[::]` counts as covering IPv4 too: on Linux it does unless the socket
+/// is v6-only (`net.ipv6.bindv6only`), which postern does not set. Port 0
+/// asks the OS for a fresh port each time (tests), so it never overlaps.
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    // An IPv4-mapped IPv6 address ([::ffff:127.0.0.1]) binds the IPv4 one.
+    let (x, y) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let v6_any = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.is_unspecified());
+    let v4_any = |ip: IpAddr| matches!(ip, IpAddr::V4(v4) if v4.is_unspecified());
+    x == y || v6_any(x) || v6_any(y) || (v4_any(x) && y.is_ipv4()) || (v4_any(y) && x.is_ipv4())
 }
 
 fn parse_message(e: &yaml_serde::Error) -> String {
@@ -1142,6 +1234,72 @@ routes:
     }
 
     #[test]
+    fn overlapping_listen_addresses_are_found() {
+        let cases = [
+            ("127.0.0.1:3999", "127.0.0.1:3999", true),
+            ("127.0.0.1:3999", "0.0.0.0:3999", true),
+            ("0.0.0.0:3999", "192.168.1.5:3999", true),
+            ("[::]:3999", "127.0.0.1:3999", true),
+            ("[::]:3999", "0.0.0.0:3999", true),
+            ("[::1]:3999", "[::]:3999", true),
+            ("[::ffff:127.0.0.1]:3999", "127.0.0.1:3999", true),
+            ("[::ffff:127.0.0.1]:3999", "0.0.0.0:3999", true),
+            ("[::1]:3999", "[::1]:3999", true),
+            ("127.0.0.1:3999", "127.0.0.2:3999", false),
+            ("127.0.0.1:3999", "0.0.0.0:3998", false),
+            ("0.0.0.0:3999", "[::1]:3999", false),
+            ("127.0.0.1:3999", "[::1]:3999", false),
+            ("[::]:3999", "[::]:4000", false),
+            ("0.0.0.0:0", "0.0.0.0:0", false),
+            ("[::]:0", "127.0.0.1:0", false),
+        ];
+        for (a, b, want) in cases {
+            let (x, y) = (a.parse().expect(a), b.parse().expect(b));
+            assert_eq!(listens_overlap(x, y), want, "{a} vs {b}");
+            assert_eq!(listens_overlap(y, x), want, "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn check_refuses_listeners_run_could_not_both_bind() {
+        let route = |name: &str, listen: &str| {
+            format!(
+                "  - name: {name}\n    protocol: pop3\n    listen: \"{listen}\"\n    allow: [10.0.0.0/8]\n    upstream: {{ address: h:110, security: none, auth: apop }}\n"
+            )
+        };
+        let overlaps = |a: &str, b: &str| {
+            let text = format!("routes:\n{}{}", route("first", a), route("second", b));
+            problems(&text)
+                .into_iter()
+                .filter(|p| p.contains("listen:"))
+                .collect::<Vec<_>>()
+        };
+        for (a, b) in [
+            ("127.0.0.1:3999", "0.0.0.0:3999"),
+            ("0.0.0.0:3999", "127.0.0.1:3999"),
+            ("[::]:3999", "192.168.1.5:3999"),
+            ("[::1]:3999", "[::]:3999"),
+        ] {
+            let p = overlaps(a, b);
+            assert_eq!(p.len(), 1, "{a} and {b}: {p:?}");
+            // The problem is reported on the second route and names the first.
+            assert!(p[0].starts_with("route \"second\""), "{p:?}");
+            assert!(p[0].contains("route \"first\""), "{p:?}");
+            assert!(p[0].contains(a) && p[0].contains(b), "{p:?}");
+        }
+        let p = overlaps("127.0.0.1:3999", "127.0.0.1:3999");
+        assert!(p.len() == 1 && p[0].contains("already listens"), "{p:?}");
+        for (a, b) in [
+            ("127.0.0.1:3999", "127.0.0.2:3999"),
+            ("0.0.0.0:3999", "[::1]:3999"),
+            ("0.0.0.0:0", "0.0.0.0:0"),
+            ("[::]:3999", "[::]:3998"),
+        ] {
+            assert_eq!(overlaps(a, b), Vec::<String>::new(), "{a} and {b}");
+        }
+    }
+
+    #[test]
     fn plaintext_passwords_need_an_explicit_opt_in() {
         let base = "routes:\n  - name: a\n    protocol: pop3\n    listen: 127.0.0.1:1\n    upstream: { address: h:110, security: none, auth: AUTH";
         for (auth, refused) in [
@@ -1193,6 +1351,50 @@ routes:
             "{p:?}"
         );
         assert!(p.iter().any(|m| m.contains("local_password_env")), "{p:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn secret_files_every_user_can_read_are_reported() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = postern_testkit::TempDir::new("postern-exposed");
+        let up = dir.write("up_pw", "upstream-secret\n");
+        let local = dir.write("local_pw", "local-secret\n");
+        let file = dir.path().join("p.yaml");
+        let text = "routes:\n  - name: a\n    protocol: pop3\n    listen: 127.0.0.1:1\n    upstream: { address: h:1, auth: apop, security: none }\n    credentials:\n      accounts:\n        - { local_user: u, local_password_file: local_pw, upstream_user: b, upstream_password_file: up_pw }\n";
+        let set = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        set(&up, 0o644);
+        set(&local, 0o600);
+        let c = Config::from_yaml(text, &file).expect("a warning is not a problem");
+        let w = c.exposed_secrets();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(
+            (w[0].key.as_str(), w[0].path.as_path(), w[0].mode),
+            (
+                "credentials.accounts[0].upstream_password_file",
+                up.as_path(),
+                0o644
+            )
+        );
+        let text_of = w[0].to_string();
+        for want in [
+            "route \"a\"",
+            "0644",
+            "chmod 600",
+            &up.display().to_string(),
+        ] {
+            assert!(text_of.contains(want), "{want:?} missing: {text_of}");
+        }
+        assert!(!text_of.contains("upstream-secret"), "{text_of}");
+        set(&local, 0o444);
+        let w = c.exposed_secrets();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[1].key.ends_with("local_password_file") && w[1].mode == 0o444);
+        set(&up, 0o600);
+        set(&local, 0o640);
+        assert_eq!(c.exposed_secrets(), Vec::new());
     }
 
     #[test]

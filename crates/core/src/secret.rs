@@ -5,6 +5,7 @@
 //! hidden. Its bytes are zeroized when it is dropped.
 
 use std::fmt;
+use std::path::Path;
 
 use zeroize::Zeroizing;
 
@@ -53,6 +54,26 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The permission bits of a secret file (`0o644`) if every local user may
+/// read it; `None` if not, if it cannot be read (loading reports that) or
+/// off Unix. Group access is not flagged: `root:postern` with mode 0640 is
+/// a deliberate way to share a secret with the service. Symlinks are
+/// followed, as reading does (Kubernetes mounts secrets as symlinks).
+pub fn readable_by_everyone(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        const OTHERS_READ: u32 = 0o004;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+        (mode & OTHERS_READ != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +85,26 @@ mod tests {
         assert_eq!(format!("{s}"), "***");
         assert!(!format!("{s:?}{s}").contains("hunter2"));
         assert_eq!(s.expose(), b"hunter2");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_every_user_can_read_are_flagged() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = postern_testkit::TempDir::new("postern-secret-mode");
+        let file = dir.write("pw", "hunter2\n");
+        for (mode, flagged) in [
+            (0o644, true),
+            (0o604, true),
+            (0o444, true),
+            (0o600, false),
+            (0o640, false),
+            (0o400, false),
+        ] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let want = flagged.then_some(mode);
+            assert_eq!(readable_by_everyone(&file), want, "mode {mode:o}");
+        }
+        assert_eq!(readable_by_everyone(&dir.path().join("missing")), None);
     }
 }
