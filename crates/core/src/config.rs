@@ -59,6 +59,10 @@ pub struct TimeoutsConfig {
     pub final_reply: Option<Dur>,
     /// Writing to a peer that does not read (a slow reader is dropped, not buffered for).
     pub write: Option<Dur>,
+    /// Everything before login in total; commands do not extend it.
+    pub login_total: Option<Dur>,
+    /// SMTP: one message's data in total.
+    pub data_total: Option<Dur>,
 }
 
 impl TimeoutsConfig {
@@ -82,6 +86,8 @@ impl TimeoutsConfig {
             set(&mut base.data_block, c.data_block);
             set(&mut base.final_reply, c.final_reply);
             set(&mut base.write, c.write);
+            set(&mut base.login_total, c.login_total);
+            set(&mut base.data_total, c.data_total);
         }
         base
     }
@@ -101,6 +107,8 @@ pub struct LimitsConfig {
     pub sessions_per_client: Option<usize>,
     /// Sessions at once across all routes (top level only).
     pub total_sessions: Option<usize>,
+    /// SMTP: the slowest average rate of message data, bytes per second (0: no minimum).
+    pub data_min_rate: Option<u64>,
 }
 
 impl LimitsConfig {
@@ -122,6 +130,9 @@ impl LimitsConfig {
             }
             if let Some(v) = c.total_sessions {
                 l.total_sessions = v;
+            }
+            if let Some(v) = c.data_min_rate {
+                l.data_min_rate = v;
             }
         }
         l
