@@ -164,7 +164,14 @@ pub trait Frontend: Send + Sync + 'static {
     /// Written to a client over a session limit, before closing.
     fn busy(&self) -> &'static [u8];
     /// Runs one client session.
-    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture;
+    /// Runs one client session; `stop` is cancelled when the gateway
+    /// shuts down (a session waiting for its client then ends at once).
+    fn session(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> SessionFuture;
 }
 
 /// A listener bound for one route.
@@ -422,8 +429,11 @@ impl Listener {
             );
             let options = self.options;
             let abort = abort.clone();
+            let stop = stop.clone();
             tracker.spawn(async move {
-                let work = admit(refusals, acl, frontend, options, sessions, stream, peer);
+                let work = admit(
+                    refusals, acl, frontend, options, sessions, stream, peer, stop,
+                );
                 tokio::select! {
                     _ = work => {}
                     _ = abort.cancelled() => {}
@@ -437,6 +447,7 @@ impl Listener {
 
 /// One accepted connection: learn the real client address (PROXY
 /// protocol), check the allow-list, then run the session.
+#[allow(clippy::too_many_arguments)]
 async fn admit(
     refusals: Arc<Refusals>,
     acl: Arc<Acl>,
@@ -445,6 +456,7 @@ async fn admit(
     sessions: Arc<Sessions>,
     mut stream: TcpStream,
     socket_peer: SocketAddr,
+    stop: CancellationToken,
 ) {
     let peer = if options.proxy_protocol {
         match crate::proxy::read_header(&mut stream, limits::PROXY_HEADER_TIMEOUT).await {
@@ -478,7 +490,7 @@ async fn admit(
         .await;
         return;
     };
-    frontend.session(stream, peer).await;
+    frontend.session(stream, peer, stop).await;
 }
 
 /// All listeners of a running gateway.
@@ -508,7 +520,12 @@ impl Server {
         let abort = CancellationToken::new();
         let mut loops = Vec::new();
         for l in self.listeners {
-            tracing::info!(route = %l.route, listen = ?l.local_addr().ok(), "listening");
+            match l.local_addr() {
+                Ok(addr) => tracing::info!(route = %l.route, listen = %addr, "listening"),
+                Err(e) => {
+                    tracing::info!(route = %l.route, error = %e, "listening (address unknown)")
+                }
+            }
             loops.push(tokio::spawn(l.accept_loop(
                 shutdown.clone(),
                 tracker.clone(),
@@ -521,7 +538,11 @@ impl Server {
         }
         tracker.close();
         if !tracker.is_empty() {
-            tracing::info!(sessions = tracker.len(), grace = ?grace, "shutting down: waiting for sessions to finish");
+            tracing::info!(
+                sessions = tracker.len(),
+                grace = %format_args!("{}s", grace.as_secs_f64()),
+                "shutting down: idle sessions close now, busy ones get the grace period"
+            );
         }
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(

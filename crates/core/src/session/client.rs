@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::Closed;
 use crate::config::{ListenMap, Security};
@@ -74,6 +75,8 @@ pub struct ClientSide {
     timeouts: Timeouts,
     /// Until login: when the pre-login time is up.
     login_deadline: Option<Instant>,
+    /// Cancelled when the gateway shuts down.
+    stop: CancellationToken,
 }
 
 impl ClientSide {
@@ -82,6 +85,7 @@ impl ClientSide {
         stream: TcpStream,
         listen: &ListenSide,
         timeouts: &Timeouts,
+        stop: CancellationToken,
     ) -> Result<Self, Closed> {
         let mut conn = Conn::new(Stream::Tcp(stream));
         conn.set_write_timeout(timeouts.write);
@@ -95,6 +99,7 @@ impl ClientSide {
             listen: listen.clone(),
             timeouts: *timeouts,
             login_deadline: Some(Instant::now() + timeouts.login_total),
+            stop,
         })
     }
 
@@ -147,10 +152,18 @@ impl ClientSide {
     }
 
     /// Reads one line of at most `max` bytes: `None` if it was longer
-    /// (already discarded).
+    /// (already discarded). A client that is still silent when the gateway
+    /// shuts down ends the session ([`Closed::ShuttingDown`]); a command
+    /// already on its way is read and served first.
     pub async fn read_line(&mut self, max: usize) -> Result<Option<Vec<u8>>, Closed> {
         let (limit, expired) = self.read_deadline();
-        match tokio::time::timeout(limit, self.conn.read_line(max)).await {
+        let read = tokio::time::timeout(limit, self.conn.read_line(max));
+        let read = tokio::select! {
+            biased;
+            r = read => r,
+            _ = self.stop.cancelled() => return Err(Closed::ShuttingDown),
+        };
+        match read {
             Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
             Ok(Ok(LineRead::TooLong)) => Ok(None),
             Ok(Ok(LineRead::Eof)) => Err(Closed::ClientGone),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use client::{ClientSide, ListenSide};
@@ -82,6 +83,9 @@ pub enum Closed {
     /// SMTP: the client's message data took too long in total or came too slowly.
     #[error("client data too slow (data_total / data_min_rate)")]
     DataTooSlow,
+    /// The gateway shut down while the session waited for its client.
+    #[error("gateway shutting down")]
+    ShuttingDown,
 }
 
 /// How a session ended; decides the log line.
@@ -144,6 +148,9 @@ pub trait Protocol: Send + Sync + Sized + 'static {
     fn busy() -> &'static [u8];
     /// Written to a client whose address is blocked after failed logins.
     fn blocked() -> &'static [u8];
+    /// Written to a client waiting for its next command when the gateway
+    /// shuts down.
+    fn shutting_down() -> &'static [u8];
     /// Runs one session after the client side is open: greet, log in,
     /// relay. `Ok(())` means the client quit.
     fn run(
@@ -240,19 +247,29 @@ impl<P: Protocol> Frontend for Frontdoor<P> {
         P::busy()
     }
 
-    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionFuture {
+    fn session(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> SessionFuture {
         let route = self.0.clone();
         let span =
             tracing::info_span!("session", proto = P::NAME, route = %route.name, client = %peer);
-        Box::pin(serve::<P>(route, stream, peer).instrument(span))
+        Box::pin(serve::<P>(route, stream, peer, stop).instrument(span))
     }
 }
 
 /// One session from the accepted socket to its final log line.
-async fn serve<P: Protocol>(route: Arc<Route<P>>, stream: TcpStream, peer: SocketAddr) {
+async fn serve<P: Protocol>(
+    route: Arc<Route<P>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
     let started = Instant::now();
     let mut user = None;
-    let end = match ClientSide::open(stream, &route.listen, &route.timeouts).await {
+    let end = match ClientSide::open(stream, &route.listen, &route.timeouts, stop).await {
         Err(closed) => SessionEnd::Closed(closed),
         Ok(client) => {
             let mut session = Session {
@@ -266,6 +283,10 @@ async fn serve<P: Protocol>(route: Arc<Route<P>>, stream: TcpStream, peer: Socke
             } else {
                 match P::run(&route, &mut session).await {
                     Ok(()) => SessionEnd::Quit,
+                    Err(SessionEnd::Closed(Closed::ShuttingDown)) => {
+                        let _ = session.client.write(P::shutting_down()).await;
+                        SessionEnd::Closed(Closed::ShuttingDown)
+                    }
                     Err(end) => end,
                 }
             };

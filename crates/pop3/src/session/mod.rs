@@ -60,6 +60,10 @@ impl Protocol for Pop3 {
         b"-ERR [SYS/TEMP] Too many sessions; try again later\r\n"
     }
 
+    fn shutting_down() -> &'static [u8] {
+        b"-ERR [SYS/TEMP] postern is shutting down; try again later\r\n"
+    }
+
     fn blocked() -> &'static [u8] {
         login::BLOCKED
     }

@@ -66,6 +66,10 @@ impl Protocol for Smtp {
         b"421 4.7.0 postern: too many connections; try again later\r\n"
     }
 
+    fn shutting_down() -> &'static [u8] {
+        b"421 4.3.2 postern: shutting down; try again later\r\n"
+    }
+
     fn blocked() -> &'static [u8] {
         BLOCKED
     }
