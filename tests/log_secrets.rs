@@ -30,6 +30,7 @@ impl Write for Capture {
 
 const PASSWORD: &str = "Tr0ub4dor&3-unique-pw";
 const WRONG: &str = "wrong-Pa55word-unique";
+const FORGED_USER: &str = "bob\" user=\"admin\u{2028}x";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_log_at_trace_level() {
@@ -157,7 +158,42 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     }
     assert_eq!(sessions, 7);
 
+    // A client-chosen user name that tries to forge log fields: a quote
+    // that would end the field, a fake `user=` and U+2028 (a line break to
+    // many log viewers). It must be logged quoted and escaped.
+    let fake = FakeSmtp::start(SmtpScript::new().credentials("carol", PASSWORD)).await;
+    let gw = start(&format!(
+        "routes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: none, auth: plain, allow_plaintext_password: true }}\n",
+        fake.addr()
+    ))
+    .await;
+    let mut c = LineClient::connect(gw.addr("s")).await.expect("connect");
+    c.read_smtp_reply().await.expect("greeting");
+    c.smtp_command("EHLO c").await.expect("ehlo");
+    let r = c
+        .smtp_command(&format!(
+            "AUTH PLAIN {}",
+            sasl_plain_response("", FORGED_USER, WRONG)
+        ))
+        .await
+        .expect("auth");
+    assert!(r[0].starts_with("535"), "{r:?}");
+    c.smtp_command("QUIT").await.expect("quit");
+    gw.stop().await;
+
     let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
+    assert!(
+        !log.contains('\u{2028}'),
+        "a raw U+2028 from a client reached the log"
+    );
+    assert!(
+        !log.contains(r#"bob" user="admin"#),
+        "a client-chosen quote ended a log field"
+    );
+    assert!(
+        log.contains(r#"bob\" user=\"admin\u{2028}x"#),
+        "the forged name is not in the log quoted and escaped:\n{log}"
+    );
     assert!(
         log.contains("logged in upstream"),
         "the capture is empty or not at TRACE:\n{log}"
