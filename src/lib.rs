@@ -13,34 +13,26 @@ use std::sync::Arc;
 use postern_core::acl::Acl;
 use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
 use postern_core::limits::Timeouts;
-use postern_core::server::SetupError;
+use postern_core::prepare::prepare;
 use postern_core::server::{BindError, Frontend, ListenOptions, Listener, Server, SessionBudget};
 use postern_core::session::{Frontdoor, Route as SessionRoute};
 use postern_pop3::Pop3;
 use postern_smtp::Smtp;
 use tokio_util::sync::CancellationToken;
 
-pub use postern_core::config;
 pub use postern_core::limits::SHUTDOWN_GRACE;
+pub use postern_core::{config, prepare};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StartError {
-    /// A route's TLS settings or stored credentials could not be loaded.
-    #[error("route \"{route}\": {source}")]
-    Setup {
-        /// The route.
-        route: String,
-        /// Why.
-        source: SetupError,
-    },
+    /// Certificates, CA files or secrets could not be loaded (every
+    /// problem, as `postern check` reports them).
+    #[error(transparent)]
+    Config(#[from] postern_core::config::ConfigError),
     /// A listen address could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// The protocol has no front end in this version.
-    #[error("route \"{0}\": this protocol is not available in this version")]
-    Unsupported(String),
 }
 
 /// A gateway with every route's listener bound.
@@ -50,11 +42,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Prepares every route and binds its listener. Upstreams are not
-    /// contacted: each session resolves and connects afresh.
+    /// Prepares every route (reading certificates, CA files and secrets
+    /// once, as `postern check` does) and binds its listener. Upstreams are
+    /// not contacted: each session resolves and connects afresh.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let prepared = prepare(config)?;
         // The same list `postern check` prints.
-        for w in config.exposed_secrets() {
+        for w in &prepared.warnings {
             tracing::warn!(
                 route = %w.route,
                 file = %w.path.display(),
@@ -62,42 +56,33 @@ impl Gateway {
                 "{w}"
             );
         }
-        let mut listeners = Vec::with_capacity(config.routes.len());
+        let mut listeners = Vec::with_capacity(prepared.routes.len());
         let budget = SessionBudget::new(config.limits.resolve(&Default::default()).total_sessions);
-        for route in &config.routes {
-            let limits = config.limits.resolve(&route.limits);
-            let setup = |source| StartError::Setup {
-                route: route.name.clone(),
-                source,
+        for route in prepared.routes {
+            let c = route.config.clone();
+            let limits = config.limits.resolve(&c.limits);
+            let frontend: Arc<dyn Frontend> = match c.protocol {
+                Protocol::Pop3 => {
+                    let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::POP3);
+                    Arc::new(Frontdoor::new(SessionRoute::<Pop3>::new(
+                        route, timeouts, limits,
+                    )))
+                }
+                Protocol::Smtp => {
+                    let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::SMTP);
+                    Arc::new(Frontdoor::new(SessionRoute::<Smtp>::new(
+                        route, timeouts, limits,
+                    )))
+                }
             };
-            let frontend: Arc<dyn Frontend> = match route.protocol {
-                Protocol::Pop3 => Arc::new(Frontdoor::new(
-                    SessionRoute::<Pop3>::prepare(
-                        route,
-                        config.timeouts.resolve(&route.timeouts, Timeouts::POP3),
-                        limits,
-                    )
-                    .map_err(setup)?,
-                )),
-                Protocol::Smtp => Arc::new(Frontdoor::new(
-                    SessionRoute::<Smtp>::prepare(
-                        route,
-                        config.timeouts.resolve(&route.timeouts, Timeouts::SMTP),
-                        limits,
-                    )
-                    .map_err(setup)?,
-                )),
-                _ => return Err(StartError::Unsupported(route.name.clone())),
-            };
-            let acl = Acl::new(route.allow_list());
             listeners.push(
                 Listener::bind(
-                    &route.name,
-                    route.listen.address(),
-                    acl,
+                    &c.name,
+                    c.listen.address(),
+                    Acl::new(c.allow_list()),
                     frontend,
                     ListenOptions {
-                        proxy_protocol: route.listen.0.proxy_protocol,
+                        proxy_protocol: c.listen.0.proxy_protocol,
                         max_sessions: limits.sessions,
                         max_per_client: limits.sessions_per_client,
                     },

@@ -59,10 +59,14 @@ fn load(given: Option<PathBuf>) -> Result<Config, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match load(config) {
-            Ok(c) => {
+        Command::Check { config } => match load(config).and_then(|c| {
+            // The same step `run` takes: every file is read, once.
+            let prepared = postern::prepare::prepare(&c).map_err(|e| e.to_string())?;
+            Ok((c, prepared))
+        }) {
+            Ok((c, prepared)) => {
                 // Warnings, not problems: the file is valid and `run` would start.
-                for w in c.exposed_secrets() {
+                for w in &prepared.warnings {
                     eprintln!("postern: warning: {w}");
                 }
                 print!("{}", postern::route_table(&c));

@@ -1,6 +1,7 @@
-//! Shutdown (SIGTERM, and the drain a reload will use): sessions waiting
-//! for their client end at once with a protocol-correct goodbye; a session
-//! in the middle of a command (here: a message being sent) finishes it.
+//! Shutdown (SIGTERM): sessions whose client stays silent end after a
+//! short last call with a protocol-correct goodbye, instead of holding the
+//! gateway for the whole grace period; a session in the middle of a command
+//! (here: a message being sent) finishes it.
 
 mod common;
 
@@ -63,7 +64,7 @@ async fn idle_sessions_are_told_and_closed_at_once_busy_ones_finish() {
     let started = Instant::now();
     let stopping = tokio::spawn(gw.stop());
 
-    // The idle ones hear why at once and are closed.
+    // The idle ones hear why after the last call (1 s) and are closed.
     for c in [&mut prelogin, &mut idle] {
         let r = c.read_line().await.expect("goodbye");
         assert!(

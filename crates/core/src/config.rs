@@ -4,9 +4,12 @@
 //! below (`deny_unknown_fields` everywhere, addresses and CIDRs parsed into
 //! real types); a syntax or type error stops there and carries the line the
 //! parser saw. Then [`Config::validate`] checks what types cannot express
-//! (impossible combinations, unreadable files, unsafe settings) and collects
-//! every problem, so a user fixes the whole file in one pass. No message ever
-//! echoes a secret or the configuration text.
+//! (impossible combinations, unsafe settings) and collects every problem, so
+//! a user fixes the whole file in one pass. This module is pure data: it
+//! never touches the filesystem (beyond reading the file itself in
+//! [`Config::load`]) or the environment; certificates, CA files and secrets
+//! are read once, by [`crate::prepare`]. No message ever echoes a secret or
+//! the configuration text.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -37,6 +40,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Every route: one listener, one protocol, one upstream.
     pub routes: Vec<Route>,
+    /// The file this came from (for messages; relative paths in it are
+    /// already resolved against its directory).
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 /// `timeouts:` (top level or per route); durations like `30s`, `5m`, `500ms`.
@@ -204,7 +211,6 @@ fn default_log_level() -> String {
 /// The log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[non_exhaustive]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -267,7 +273,6 @@ fn loopback_nets() -> Vec<IpNet> {
 /// The mail protocol of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[non_exhaustive]
 pub enum Protocol {
     /// POP3 (RFC 1939).
     Pop3,
@@ -287,7 +292,6 @@ impl fmt::Display for Protocol {
 /// Transport security of one side of a route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[non_exhaustive]
 pub enum Security {
     /// Plain TCP.
     None,
@@ -311,7 +315,6 @@ impl fmt::Display for Security {
 /// How postern logs in to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
 pub enum UpstreamAuth {
     /// POP3 USER/PASS (RFC 1939).
     User,
@@ -515,7 +518,6 @@ impl<'de> Deserialize<'de> for HostPort {
 
 /// Where upstream credentials come from: `passthrough` or `{accounts: [...]}`.
 #[derive(Debug, Clone, Default)]
-#[non_exhaustive]
 pub enum Credentials {
     /// The client's own login is carried to the upstream; nothing is stored.
     #[default]
@@ -669,6 +671,7 @@ impl Config {
                 message: parse_message(&e),
             }],
         })?;
+        config.file = file.to_owned();
         if let Some(base) = file.parent().filter(|b| !b.as_os_str().is_empty()) {
             config.resolve_paths(base);
         }
@@ -777,73 +780,6 @@ impl Config {
     }
 }
 
-/// A secret file every user of the machine can read (mode `o+r`). Not a
-/// problem that stops start-up (files written with the common umask 0022
-/// are 0644, and refusing them would break working setups), but `check`
-/// prints it and `run` logs it, as ssh does for private keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExposedSecret {
-    /// The route that reads the file.
-    pub route: String,
-    /// The key naming the file (`credentials.accounts[0].upstream_password_file`).
-    pub key: String,
-    /// The file.
-    pub path: PathBuf,
-    /// Its permission bits.
-    pub mode: u32,
-}
-
-impl fmt::Display for ExposedSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = self.path.display();
-        write!(
-            f,
-            "route \"{}\": {}: permissions {:04o} for {path} are too open: every user on this machine can read this secret; \
-             restrict it with `chmod 600 {path}` (or 640 with a group only postern is in; \
-             Docker and Kubernetes secrets: mount them with mode 0400)",
-            self.route, self.key, self.mode
-        )
-    }
-}
-
-impl Config {
-    /// Secret files (passwords, listener private keys) that every local
-    /// user can read. `check` prints these and `run` logs them.
-    pub fn exposed_secrets(&self) -> Vec<ExposedSecret> {
-        let mut out = Vec::new();
-        for route in &self.routes {
-            let mut files: Vec<(String, &Path)> = Vec::new();
-            if route.listen.0.security != Security::None {
-                if let Some(key) = &route.listen.0.key {
-                    files.push(("listen.key".to_owned(), key));
-                }
-            }
-            if let Credentials::Accounts(cfg) = &route.credentials {
-                for (i, a) in cfg.accounts.iter().enumerate() {
-                    let key = |k: &str| format!("credentials.accounts[{i}].{k}");
-                    if let Some(f) = &a.upstream_password_file {
-                        files.push((key("upstream_password_file"), f));
-                    }
-                    if let Some(f) = &a.local_password_file {
-                        files.push((key("local_password_file"), f));
-                    }
-                }
-            }
-            for (key, path) in files {
-                if let Some(mode) = crate::secret::readable_by_everyone(path) {
-                    out.push(ExposedSecret {
-                        route: route.name.clone(),
-                        key,
-                        path: path.to_owned(),
-                        mode,
-                    });
-                }
-            }
-        }
-        out
-    }
-}
-
 /// Whether two listeners could not both be bound: same port, and the same
 /// address, or one of them unspecified in a family that covers the other.
 /// `[::]` counts as covering IPv4 too: on Linux it does unless the socket
@@ -931,11 +867,7 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
             }
         }
         Security::Tls | Security::Starttls => match (&listen.certificate, &listen.key) {
-            (Some(cert), Some(key)) => {
-                if let Err(e) = crate::tls::server_config(cert, key) {
-                    p("listen.certificate", e.to_string());
-                }
-            }
+            (Some(_), Some(_)) => {}
             _ => p(
                 "listen.certificate",
                 format!(
@@ -1022,11 +954,6 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
                 "upstream.server_name",
                 format!("`{}` is not a valid server name for TLS", up.tls_name()),
             );
-        }
-        if let Some(ca) = &up.ca {
-            if let Err(e) = crate::tls::load_ca_file(ca) {
-                p("upstream.ca", e.to_string());
-            }
         }
         for (i, pin) in up.pin_sha256.iter().enumerate() {
             let ok = base64::engine::general_purpose::STANDARD
@@ -1138,11 +1065,7 @@ fn check_secret_source(
     match (env, file) {
         (Some(_), Some(_)) => p(key, format!("give either `{what}_env` or `{what}_file`, not both")),
         (None, None) => p(key, format!("`{what}_env` or `{what}_file` is required (passwords are never written in the configuration)")),
-        _ => {
-            if let Err(e) = crate::credentials::load_secret(env, file) {
-                p(key, e);
-            }
-        }
+        _ => {}
     }
 }
 
@@ -1353,59 +1276,12 @@ routes:
         assert!(problems(&format!("{base}    credentials: passthrough\n")).is_empty());
         let p = problems(&format!("{base}    credentials: stored\n"));
         assert!(p[0].contains("not a credentials mode"), "{p:?}");
+        // Secrets are not read here (see `prepare`): only their sources are checked.
         let p = problems(&format!(
             "{base}    credentials:\n      accounts:\n        - {{ local_user: a, upstream_user: b, upstream_password_env: POSTERN_TEST_UNSET_VARIABLE }}\n"
         ));
-        assert!(
-            p.iter()
-                .any(|m| m.contains("POSTERN_TEST_UNSET_VARIABLE") && m.contains("not set")),
-            "{p:?}"
-        );
+        assert!(!p.iter().any(|m| m.contains("not set")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("local_password_env")), "{p:?}");
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn secret_files_every_user_can_read_are_reported() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = postern_testkit::TempDir::new("postern-exposed");
-        let up = dir.write("up_pw", "upstream-secret\n");
-        let local = dir.write("local_pw", "local-secret\n");
-        let file = dir.path().join("p.yaml");
-        let text = "routes:\n  - name: a\n    protocol: pop3\n    listen: 127.0.0.1:1\n    upstream: { address: h:1, auth: apop, security: none }\n    credentials:\n      accounts:\n        - { local_user: u, local_password_file: local_pw, upstream_user: b, upstream_password_file: up_pw }\n";
-        let set = |p: &Path, mode: u32| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        };
-        set(&up, 0o644);
-        set(&local, 0o600);
-        let c = Config::from_yaml(text, &file).expect("a warning is not a problem");
-        let w = c.exposed_secrets();
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert_eq!(
-            (w[0].key.as_str(), w[0].path.as_path(), w[0].mode),
-            (
-                "credentials.accounts[0].upstream_password_file",
-                up.as_path(),
-                0o644
-            )
-        );
-        let text_of = w[0].to_string();
-        for want in [
-            "route \"a\"",
-            "0644",
-            "chmod 600",
-            &up.display().to_string(),
-        ] {
-            assert!(text_of.contains(want), "{want:?} missing: {text_of}");
-        }
-        assert!(!text_of.contains("upstream-secret"), "{text_of}");
-        set(&local, 0o444);
-        let w = c.exposed_secrets();
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[1].key.ends_with("local_password_file") && w[1].mode == 0o444);
-        set(&up, 0o600);
-        set(&local, 0o640);
-        assert_eq!(c.exposed_secrets(), Vec::new());
     }
 
     #[test]
@@ -1440,40 +1316,5 @@ routes:
         assert!(tracing_subscriber_filter_ok("warn,postern_pop3=trace").is_ok());
         assert!(tracing_subscriber_filter_ok("loud").is_err());
         assert!(tracing_subscriber_filter_ok("").is_err());
-    }
-
-    #[test]
-    fn the_shipped_examples_are_valid() {
-        // Copy the examples next to the files they name (certificates,
-        // password files) and set the variables they read, as a user would.
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
-        let dir = postern_testkit::TempDir::new("postern-examples");
-        let pki = postern_testkit::TestPki::new();
-        std::fs::create_dir_all(dir.path().join("certs")).expect("certs dir");
-        std::fs::create_dir_all(dir.path().join("secrets")).expect("secrets dir");
-        let (chain, key) = pki.write_leaf_pem(&dir.path().join("certs"));
-        std::fs::rename(chain, dir.path().join("certs/server.pem")).expect("rename");
-        std::fs::rename(key, dir.path().join("certs/server.key")).expect("rename");
-        std::fs::write(dir.path().join("secrets/office_pw"), "example\n").expect("secret");
-        for var in ["SCANNER_PW", "PRINTER_PW", "RECEPTION_PW", "OFFICE_PW"] {
-            std::env::set_var(var, "example");
-        }
-        let mut n = 0;
-        for entry in std::fs::read_dir(&src).expect("config dir") {
-            let path = entry.expect("entry").path();
-            if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
-                let copy = dir.path().join(path.file_name().expect("name"));
-                std::fs::copy(&path, &copy).expect("copy");
-                if let Err(e) = Config::load(&copy) {
-                    panic!("{e}");
-                }
-                n += 1;
-            }
-        }
-        assert!(
-            n >= 10,
-            "only {n} example configs found in {}",
-            src.display()
-        );
     }
 }

@@ -28,93 +28,9 @@ use subtle::ConstantTimeEq;
 use crate::acl::Acl;
 use crate::config::{Account, Credentials};
 use crate::limits;
+pub use crate::login::{ClientAuth, Login, LoginRefused};
 use crate::secret::Secret;
 use crate::throttle::{Pause, Rule, Throttle};
-
-/// A user name and password, checked to be safe to put on a command line.
-#[derive(Debug, Clone)]
-pub struct Login {
-    user: String,
-    password: Secret,
-}
-
-/// Why a login was refused before anything was sent upstream.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LoginRefused {
-    /// Empty user name.
-    #[error("the user name is empty")]
-    EmptyUser,
-    /// CR, LF or NUL (command injection through a decoded credential).
-    #[error("the user name or password contains a line break or NUL")]
-    ControlCharacter,
-    /// Not UTF-8 in the user name.
-    #[error("the user name is not valid UTF-8")]
-    NotUtf8,
-}
-
-impl Login {
-    /// Validates a user name and password received from a client.
-    pub fn new(user: &[u8], password: Secret) -> Result<Self, LoginRefused> {
-        let bad = |b: &u8| matches!(b, b'\r' | b'\n' | 0);
-        if user.is_empty() {
-            return Err(LoginRefused::EmptyUser);
-        }
-        if user.iter().any(bad) || password.expose().iter().any(bad) {
-            return Err(LoginRefused::ControlCharacter);
-        }
-        let user = std::str::from_utf8(user)
-            .map_err(|_| LoginRefused::NotUtf8)?
-            .to_owned();
-        Ok(Self { user, password })
-    }
-
-    /// The user name (safe to log).
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-
-    /// The password.
-    pub fn password(&self) -> &Secret {
-        &self.password
-    }
-}
-
-/// How a client proved who it is.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ClientAuth {
-    /// USER/PASS, AUTH PLAIN or AUTH LOGIN.
-    Password(Login),
-    /// APOP against postern's own greeting timestamp (RFC 1939 §7).
-    Apop {
-        /// The user name.
-        user: String,
-        /// The timestamp postern sent.
-        timestamp: Vec<u8>,
-        /// The client's hex digest.
-        digest: Vec<u8>,
-    },
-    /// CRAM-MD5 against postern's own challenge (RFC 2195).
-    CramMd5 {
-        /// The user name.
-        user: String,
-        /// The challenge postern sent.
-        challenge: Vec<u8>,
-        /// The client's hex digest.
-        digest: Vec<u8>,
-    },
-}
-
-impl ClientAuth {
-    /// The user name the client gave (safe to log).
-    pub fn user(&self) -> &str {
-        match self {
-            ClientAuth::Password(l) => l.user(),
-            ClientAuth::Apop { user, .. } | ClientAuth::CramMd5 { user, .. } => user,
-        }
-    }
-}
 
 /// The upstream login to use, and whether it is a stored one.
 #[derive(Debug, Clone)]
@@ -127,7 +43,6 @@ pub struct Resolved {
 
 /// Why postern refused a client's login itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum Refusal {
     /// Unknown user or wrong secret (the client is told the same either way).
     #[error("authentication failed")]
@@ -141,17 +56,67 @@ pub enum Refusal {
     AccountBackoff,
 }
 
-/// Reads a secret from an environment variable or a file (one trailing
-/// newline stripped). Errors name the variable or file, never the value.
-pub fn load_secret(env: Option<&str>, file: Option<&Path>) -> Result<Secret, String> {
-    let bytes = match (env, file) {
-        (Some(var), _) => match std::env::var_os(var) {
-            None => return Err(format!("the environment variable {var} is not set")),
-            Some(v) => v.into_encoded_bytes(),
+/// Where secrets named by `*_env` keys are looked up. `run` and `check`
+/// use the process environment ([`process_env`]); tests inject a map, so
+/// no test has to change the environment of a multi-threaded process.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<std::ffi::OsString>;
+
+/// The process environment, as an [`EnvLookup`].
+pub fn process_env(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name)
+}
+
+/// Why a secret could not be loaded. Messages name the variable or file,
+/// never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Neither `*_env` nor `*_file` was given.
+    #[error("no password source given")]
+    NoSource,
+    /// The environment variable is not set.
+    #[error("the environment variable {0} is not set")]
+    EnvNotSet(String),
+    /// The file could not be read.
+    #[error("cannot read the password file {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The secret is empty (after one trailing line break).
+    #[error("{0} is empty")]
+    Empty(String),
+    /// A line break or NUL inside the secret.
+    #[error("{0} contains a line break or NUL inside the password")]
+    LineBreak(String),
+}
+
+/// Loads a secret from an environment variable (looked up with `env`) or a
+/// file; one trailing line break (LF or CRLF) is removed.
+pub fn load_secret(
+    var: Option<&str>,
+    file: Option<&Path>,
+    env: EnvLookup<'_>,
+) -> Result<Secret, SecretError> {
+    let (bytes, name) = match (var, file) {
+        (Some(var), _) => match env(var) {
+            None => return Err(SecretError::EnvNotSet(var.to_owned())),
+            Some(v) => (
+                v.into_encoded_bytes(),
+                format!("the environment variable {var}"),
+            ),
         },
-        (None, Some(path)) => std::fs::read(path)
-            .map_err(|e| format!("cannot read the password file {}: {e}", path.display()))?,
-        (None, None) => return Err("no password source given".to_owned()),
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(b) => (b, format!("the password file {}", path.display())),
+            Err(source) => {
+                return Err(SecretError::Unreadable {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        },
+        (None, None) => return Err(SecretError::NoSource),
     };
     let mut secret = bytes;
     if secret.last() == Some(&b'\n') {
@@ -161,23 +126,15 @@ pub fn load_secret(env: Option<&str>, file: Option<&Path>) -> Result<Secret, Str
         }
     }
     let secret = Secret::new(secret);
-    let name = || match (env, file) {
-        (Some(var), _) => format!("the environment variable {var}"),
-        (_, Some(path)) => format!("the password file {}", path.display()),
-        _ => String::new(),
-    };
     if secret.is_empty() {
-        return Err(format!("{} is empty", name()));
+        return Err(SecretError::Empty(name));
     }
     if secret
         .expose()
         .iter()
         .any(|b| matches!(b, b'\r' | b'\n' | 0))
     {
-        return Err(format!(
-            "{} contains a line break or NUL inside the password",
-            name()
-        ));
+        return Err(SecretError::LineBreak(name));
     }
     Ok(secret)
 }
@@ -235,6 +192,16 @@ const ACCOUNT_RULE: Rule = Rule {
     },
 };
 
+/// The key a secret problem is reported under.
+fn secret_key(env: bool, which: &str) -> &'static str {
+    match (which, env) {
+        ("upstream", true) => "upstream_password_env",
+        ("upstream", false) => "upstream_password_file",
+        (_, true) => "local_password_env",
+        (_, false) => "local_password_file",
+    }
+}
+
 /// A route's stored accounts.
 #[derive(Debug)]
 pub struct Accounts {
@@ -248,7 +215,6 @@ pub struct Accounts {
 
 /// The credential policy of one route.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub enum CredentialSource {
     /// Carry the client's own login upstream.
     Passthrough,
@@ -273,26 +239,56 @@ fn hex_lower(b: &[u8]) -> Vec<u8> {
 }
 
 impl StoredAccount {
-    fn from_config(a: &Account) -> Result<Self, String> {
-        let upstream_secret = load_secret(
+    /// Loads one account's secrets; every problem is returned with the key
+    /// (inside the account) it is about.
+    fn from_config(a: &Account, env: EnvLookup<'_>) -> Result<Self, Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        let upstream = match load_secret(
             a.upstream_password_env.as_deref(),
             a.upstream_password_file.as_deref(),
-        )?;
-        let upstream =
-            Login::new(a.upstream_user.as_bytes(), upstream_secret).map_err(|e| e.to_string())?;
+            env,
+        ) {
+            Ok(secret) => match Login::new(a.upstream_user.as_bytes(), secret) {
+                Ok(login) => Some(login),
+                Err(e) => {
+                    problems.push(("upstream_user", e.to_string()));
+                    None
+                }
+            },
+            Err(e) => {
+                problems.push((
+                    secret_key(a.upstream_password_env.is_some(), "upstream"),
+                    e.to_string(),
+                ));
+                None
+            }
+        };
         let local_secret = match &a.local_user {
-            Some(_) => Some(load_secret(
+            Some(_) => match load_secret(
                 a.local_password_env.as_deref(),
                 a.local_password_file.as_deref(),
-            )?),
+                env,
+            ) {
+                Ok(secret) => Some(secret),
+                Err(e) => {
+                    problems.push((
+                        secret_key(a.local_password_env.is_some(), "local"),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            },
             None => None,
         };
-        Ok(Self {
-            local_user: a.local_user.clone(),
-            local_secret,
-            sources: a.sources.clone().map(Acl::new),
-            upstream,
-        })
+        match upstream {
+            Some(upstream) if problems.is_empty() => Ok(Self {
+                local_user: a.local_user.clone(),
+                local_secret,
+                sources: a.sources.clone().map(Acl::new),
+                upstream,
+            }),
+            _ => Err(problems),
+        }
     }
 
     fn allowed_from(&self, ip: IpAddr) -> bool {
@@ -331,23 +327,30 @@ impl StoredAccount {
 
 impl CredentialSource {
     /// Builds the runtime source, loading every stored secret now.
-    pub fn from_config(c: &Credentials) -> Result<Self, String> {
-        match c {
-            Credentials::Accounts(cfg) => {
-                let accounts = cfg
-                    .accounts
-                    .iter()
-                    .map(StoredAccount::from_config)
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Self::Accounts(Arc::new(Accounts {
-                    accounts,
-                    passthrough: cfg.passthrough,
-                    addresses: Throttle::new(ADDRESS_RULE),
-                    backoff: Throttle::new(ACCOUNT_RULE),
-                })))
+    pub fn from_config(c: &Credentials, env: EnvLookup<'_>) -> Result<Self, Vec<(String, String)>> {
+        let Credentials::Accounts(cfg) = c else {
+            return Ok(Self::Passthrough);
+        };
+        let mut accounts = Vec::with_capacity(cfg.accounts.len());
+        let mut problems = Vec::new();
+        for (i, a) in cfg.accounts.iter().enumerate() {
+            match StoredAccount::from_config(a, env) {
+                Ok(x) => accounts.push(x),
+                Err(p) => problems.extend(
+                    p.into_iter()
+                        .map(|(key, m)| (format!("credentials.accounts[{i}].{key}"), m)),
+                ),
             }
-            _ => Ok(Self::Passthrough),
         }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self::Accounts(Arc::new(Accounts {
+            accounts,
+            passthrough: cfg.passthrough,
+            addresses: Throttle::new(ADDRESS_RULE),
+            backoff: Throttle::new(ACCOUNT_RULE),
+        })))
     }
 
     /// Whether clients may log in at all (passthrough, or a local account).
@@ -526,11 +529,18 @@ mod tests {
         );
     }
 
+    /// An injected environment: tests never change the process's own.
+    fn env(name: &str) -> Option<std::ffi::OsString> {
+        match name {
+            "POSTERN_T_SCANNER_LOCAL" => Some("tanstaaf".into()),
+            "POSTERN_T_SCANNER_UP" => Some("upstream-secret\n".into()),
+            "POSTERN_T_PRINTER_UP" => Some("printer-secret".into()),
+            "POSTERN_T_EMPTY" => Some("".into()),
+            _ => None,
+        }
+    }
+
     fn source(passthrough: bool) -> CredentialSource {
-        // Unique variable names: tests run in parallel in one process.
-        std::env::set_var("POSTERN_T_SCANNER_LOCAL", "tanstaaf");
-        std::env::set_var("POSTERN_T_SCANNER_UP", "upstream-secret\n");
-        std::env::set_var("POSTERN_T_PRINTER_UP", "printer-secret");
         let yaml = r#"
 accounts:
   - local_user: scanner
@@ -543,7 +553,7 @@ accounts:
 "#;
         let mut cfg: AccountsConfig = yaml_serde::from_str(yaml).expect("yaml");
         cfg.passthrough = passthrough;
-        CredentialSource::from_config(&Credentials::Accounts(cfg)).expect("source")
+        CredentialSource::from_config(&Credentials::Accounts(cfg), &env).expect("source")
     }
 
     #[test]
@@ -654,26 +664,31 @@ accounts:
 
     #[test]
     fn secrets_load_with_names_not_values() {
-        std::env::set_var("POSTERN_T_EMPTY", "");
-        let e = load_secret(Some("POSTERN_T_EMPTY"), None).expect_err("empty");
+        let e = load_secret(Some("POSTERN_T_EMPTY"), None, &env)
+            .expect_err("empty")
+            .to_string();
         assert!(e.contains("POSTERN_T_EMPTY") && e.contains("empty"), "{e}");
-        let e = load_secret(Some("POSTERN_T_NOT_SET_ANYWHERE"), None).expect_err("unset");
-        assert!(e.contains("not set"), "{e}");
+        let e = load_secret(Some("POSTERN_T_NOT_SET_ANYWHERE"), None, &env).expect_err("unset");
+        assert!(matches!(e, SecretError::EnvNotSet(_)), "{e}");
         let dir = std::env::temp_dir().join(format!("postern-secret-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let f = dir.join("pw");
         std::fs::write(&f, "s3cret value\r\n").expect("write");
         assert_eq!(
-            load_secret(None, Some(&f)).expect("file").expose(),
+            load_secret(None, Some(&f), &env).expect("file").expose(),
             b"s3cret value"
         );
         std::fs::write(&f, "two\nlines\n").expect("write");
-        let e = load_secret(None, Some(&f)).expect_err("inner newline");
+        let e = load_secret(None, Some(&f), &env)
+            .expect_err("inner newline")
+            .to_string();
         assert!(
             !e.contains("two") && !e.contains("lines"),
             "the value leaked: {e}"
         );
-        let e = load_secret(None, Some(&dir.join("missing"))).expect_err("missing");
+        let e = load_secret(None, Some(&dir.join("missing")), &env)
+            .expect_err("missing")
+            .to_string();
         assert!(e.contains("missing"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

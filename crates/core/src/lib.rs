@@ -7,6 +7,8 @@ pub mod config;
 pub mod credentials;
 pub mod io;
 pub mod limits;
+pub mod login;
+pub mod prepare;
 pub mod proxy;
 pub mod sasl;
 pub mod secret;

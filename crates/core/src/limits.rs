@@ -17,6 +17,10 @@ pub const CLIENT_PRELOGIN_IDLE: Duration = Duration::from_secs(120);
 pub const CLIENT_IDLE: Duration = Duration::from_secs(10 * 60);
 /// Writing to a peer that does not read.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+/// After SIGTERM/SIGINT, how long a session waits for its client's next
+/// command before it says goodbye and ends (a client that keeps working
+/// keeps the grace period; an idle one does not hold shutdown up).
+pub const SHUTDOWN_LAST_CALL: Duration = Duration::from_secs(1);
 /// How long sessions may run on after SIGTERM/SIGINT.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Backoff after a failed `accept` (e.g. EMFILE), so the loop does not spin.

@@ -325,18 +325,6 @@ impl std::fmt::Debug for Listener {
     }
 }
 
-/// A route could not be prepared for serving.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SetupError {
-    /// Its TLS settings could not be loaded.
-    #[error("{0}")]
-    Tls(#[from] crate::tls::TlsSetupError),
-    /// A stored credential could not be loaded.
-    #[error("{0}")]
-    Credentials(String),
-}
-
 /// A listen address could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("route \"{route}\": cannot listen on {address}: {source}")]

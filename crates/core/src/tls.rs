@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::config::Upstream;
+use crate::config::{ListenMap, Security, Upstream};
 
 /// A TLS setting could not be turned into a working configuration.
 #[derive(Debug, thiserror::Error)]
@@ -56,35 +56,101 @@ pub enum TlsSetupError {
     NoRoots,
 }
 
-/// A route's TLS, prepared once at start-up: the listener's server
-/// configuration (if the listen side is TLS or STARTTLS) and the upstream
-/// client configuration with its name (if the upstream side is).
+/// TLS settings for one upstream.
 #[derive(Debug, Clone)]
-pub struct RouteTls {
-    /// For the listen side.
-    pub listen: Option<Arc<ServerConfig>>,
-    /// For the upstream side.
-    pub upstream: Option<crate::upstream::TlsTarget>,
+pub struct TlsTarget {
+    /// Client configuration (roots, pins).
+    pub config: Arc<rustls::ClientConfig>,
+    /// Name checked and sent as SNI.
+    pub name: ServerName<'static>,
 }
 
-impl RouteTls {
-    /// Loads certificates, keys and roots for a route.
-    pub fn prepare(route: &crate::config::Route) -> Result<Self, TlsSetupError> {
-        use crate::config::Security;
-        let l = &route.listen.0;
-        let listen = match (l.security, &l.certificate, &l.key) {
-            (Security::None, _, _) => None,
-            (_, Some(cert), Some(key)) => Some(server_config(cert, key)?),
-            _ => return Err(TlsSetupError::MissingCertificate),
+/// How a route reaches its upstream; the TLS settings exist exactly when
+/// the transport needs them.
+#[derive(Debug, Clone)]
+pub enum UpstreamTransport {
+    /// Plain TCP from the first byte to the last.
+    Plain,
+    /// TLS from the first byte.
+    Tls(TlsTarget),
+    /// Plain TCP upgraded by STLS/STARTTLS before anything else is said.
+    StartTls(TlsTarget),
+}
+
+impl UpstreamTransport {
+    /// Loads what the route's upstream `security` needs (roots, CA file,
+    /// pins, name).
+    pub fn prepare(up: &Upstream) -> Result<Self, TlsSetupError> {
+        let target = || -> Result<TlsTarget, TlsSetupError> {
+            Ok(TlsTarget {
+                config: client_config(up)?,
+                name: server_name(up)?,
+            })
         };
-        let upstream = match route.upstream.security {
-            Security::None => None,
-            _ => Some(crate::upstream::TlsTarget {
-                config: client_config(&route.upstream)?,
-                name: server_name(&route.upstream)?,
-            }),
+        Ok(match up.security {
+            Security::None => Self::Plain,
+            Security::Tls => Self::Tls(target()?),
+            Security::Starttls => Self::StartTls(target()?),
+        })
+    }
+
+    /// The route's `security` setting this transport carries out.
+    pub fn security(&self) -> Security {
+        match self {
+            Self::Plain => Security::None,
+            Self::Tls(_) => Security::Tls,
+            Self::StartTls(_) => Security::Starttls,
+        }
+    }
+}
+
+/// How a route listens; the certificate exists exactly when TLS is offered.
+#[derive(Debug, Clone)]
+pub enum ListenSide {
+    /// Plain TCP.
+    Plain {
+        /// Logins refused (configuration validation refuses this on a plain
+        /// listener; kept so the setting is never silently ignored).
+        required_for_auth: bool,
+    },
+    /// TLS from the first byte.
+    ImplicitTls(Arc<ServerConfig>),
+    /// Plain, upgraded by STLS/STARTTLS on the client's request.
+    StartTls {
+        /// The server configuration for the upgrade.
+        config: Arc<ServerConfig>,
+        /// Logins refused (and not advertised) before TLS.
+        required_for_auth: bool,
+    },
+}
+
+impl ListenSide {
+    /// Loads the listener's certificate and key when its `security` needs them.
+    pub fn prepare(map: &ListenMap) -> Result<Self, TlsSetupError> {
+        let required_for_auth = map.requires_tls_for_auth();
+        let config = || match (&map.certificate, &map.key) {
+            (Some(cert), Some(key)) => server_config(cert, key),
+            _ => Err(TlsSetupError::MissingCertificate),
         };
-        Ok(Self { listen, upstream })
+        Ok(match map.security {
+            Security::None => Self::Plain { required_for_auth },
+            Security::Tls => Self::ImplicitTls(config()?),
+            Security::Starttls => Self::StartTls {
+                config: config()?,
+                required_for_auth,
+            },
+        })
+    }
+
+    /// Whether logins are refused before TLS.
+    pub fn required_for_auth(&self) -> bool {
+        match self {
+            Self::Plain { required_for_auth }
+            | Self::StartTls {
+                required_for_auth, ..
+            } => *required_for_auth,
+            Self::ImplicitTls(_) => false,
+        }
     }
 }
 

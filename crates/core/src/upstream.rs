@@ -2,15 +2,14 @@
 //! deadline, optionally wrap in TLS. Every failure says it is the upstream's.
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::config::HostPort;
 use crate::io::{Conn, LineRead, Stream, UpgradeError};
 use crate::limits::Timeouts;
+pub use crate::tls::{TlsTarget, UpstreamTransport};
 
 /// Something went wrong on the upstream side of a session.
 #[derive(Debug, thiserror::Error)]
@@ -159,50 +158,6 @@ pub async fn connect_tcp(addr: &HostPort, timeout: Duration) -> Result<TcpStream
         address: display,
         source: last.unwrap_or_else(|| io::Error::other("no address tried")),
     })
-}
-
-/// How a route reaches its upstream; the TLS settings exist exactly when
-/// the transport needs them.
-#[derive(Debug, Clone)]
-pub enum UpstreamTransport {
-    /// Plain TCP from the first byte to the last.
-    Plain,
-    /// TLS from the first byte.
-    Tls(TlsTarget),
-    /// Plain TCP upgraded by STLS/STARTTLS before anything else is said.
-    StartTls(TlsTarget),
-}
-
-impl UpstreamTransport {
-    /// The route's `security` with its prepared TLS settings.
-    pub fn new(security: crate::config::Security, tls: Option<TlsTarget>) -> Option<Self> {
-        use crate::config::Security;
-        match (security, tls) {
-            (Security::None, _) => Some(Self::Plain),
-            (Security::Tls, Some(t)) => Some(Self::Tls(t)),
-            (Security::Starttls, Some(t)) => Some(Self::StartTls(t)),
-            (_, None) => None,
-        }
-    }
-
-    /// The route's `security` setting this transport carries out.
-    pub fn security(&self) -> crate::config::Security {
-        use crate::config::Security;
-        match self {
-            Self::Plain => Security::None,
-            Self::Tls(_) => Security::Tls,
-            Self::StartTls(_) => Security::Starttls,
-        }
-    }
-}
-
-/// TLS settings for one upstream.
-#[derive(Debug, Clone)]
-pub struct TlsTarget {
-    /// Client configuration (roots, pins).
-    pub config: Arc<rustls::ClientConfig>,
-    /// Name checked and sent as SNI.
-    pub name: ServerName<'static>,
 }
 
 /// Connects with implicit TLS from the first byte.

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use zeroize::Zeroizing;
 
-use crate::credentials::{Login, LoginRefused};
+use crate::login::{Login, LoginRefused};
 use crate::secret::Secret;
 
 mod server;

@@ -9,7 +9,7 @@
 //!                      └─► Done | Refused                         └─► Refused | Cancelled ("*")
 //! ```
 
-use crate::credentials::{ClientAuth, Login};
+use crate::login::{ClientAuth, Login};
 use crate::secret::Secret;
 
 use super::{decode, parse_plain, SaslError};

@@ -2,70 +2,16 @@
 //! deadline, and a total one before login that commands do not extend),
 //! the early-talker check, and STLS/STARTTLS on the listen side.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Closed;
-use crate::config::{ListenMap, Security};
 use crate::io::{Conn, LineRead, Stream};
 use crate::limits::Timeouts;
-use crate::server::SetupError;
-use crate::tls::ListenTls;
+use crate::tls::{ListenSide, ListenTls};
 use crate::upstream::{Link, UpstreamError};
-
-/// How a route listens; the certificate exists exactly when TLS is offered.
-#[derive(Debug, Clone)]
-pub enum ListenSide {
-    /// Plain TCP.
-    Plain {
-        /// Logins refused (a route that wants this must offer TLS; kept for
-        /// the configuration's sake).
-        required_for_auth: bool,
-    },
-    /// TLS from the first byte.
-    ImplicitTls(Arc<rustls::ServerConfig>),
-    /// Plain, upgraded by STLS/STARTTLS on the client's request.
-    StartTls {
-        /// The server configuration for the upgrade.
-        config: Arc<rustls::ServerConfig>,
-        /// Logins refused (and not advertised) before TLS.
-        required_for_auth: bool,
-    },
-}
-
-impl ListenSide {
-    /// The listen map with its prepared server configuration.
-    pub fn new(
-        map: &ListenMap,
-        config: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<Self, SetupError> {
-        let required_for_auth = map.requires_tls_for_auth();
-        match (map.security, config) {
-            (Security::None, _) => Ok(Self::Plain { required_for_auth }),
-            (Security::Tls, Some(c)) => Ok(Self::ImplicitTls(c)),
-            (Security::Starttls, Some(config)) => Ok(Self::StartTls {
-                config,
-                required_for_auth,
-            }),
-            (_, None) => Err(SetupError::Tls(
-                crate::tls::TlsSetupError::MissingCertificate,
-            )),
-        }
-    }
-
-    fn required_for_auth(&self) -> bool {
-        match self {
-            Self::Plain { required_for_auth }
-            | Self::StartTls {
-                required_for_auth, ..
-            } => *required_for_auth,
-            Self::ImplicitTls(_) => false,
-        }
-    }
-}
 
 /// The client connection of one session.
 #[derive(Debug)]
@@ -152,16 +98,23 @@ impl ClientSide {
     }
 
     /// Reads one line of at most `max` bytes: `None` if it was longer
-    /// (already discarded). A client that is still silent when the gateway
-    /// shuts down ends the session ([`Closed::ShuttingDown`]); a command
-    /// already on its way is read and served first.
+    /// (already discarded). Once the gateway shuts down, a client that stays
+    /// silent for [`crate::limits::SHUTDOWN_LAST_CALL`] ends the session
+    /// ([`Closed::ShuttingDown`]); a client that keeps working keeps going
+    /// until the grace period ends.
     pub async fn read_line(&mut self, max: usize) -> Result<Option<Vec<u8>>, Closed> {
         let (limit, expired) = self.read_deadline();
         let read = tokio::time::timeout(limit, self.conn.read_line(max));
+        let mut read = std::pin::pin!(read);
         let read = tokio::select! {
             biased;
-            r = read => r,
-            _ = self.stop.cancelled() => return Err(Closed::ShuttingDown),
+            r = &mut read => r,
+            _ = self.stop.cancelled() => {
+                match tokio::time::timeout(crate::limits::SHUTDOWN_LAST_CALL, &mut read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(Closed::ShuttingDown),
+                }
+            }
         };
         match read {
             Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),

@@ -21,12 +21,14 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use client::{ClientSide, ListenSide};
+pub use crate::tls::ListenSide;
+pub use client::ClientSide;
 
 use crate::config::HostPort;
 use crate::credentials::CredentialSource;
 use crate::limits::{Limits, Timeouts};
-use crate::server::{Frontend, SessionFuture, SetupError};
+use crate::prepare::PreparedRoute;
+use crate::server::{Frontend, SessionFuture};
 use crate::upstream::{UpstreamError, UpstreamTransport};
 
 /// Why postern or the client closed a session.
@@ -183,31 +185,25 @@ pub struct Route<P: Protocol> {
 }
 
 impl<P: Protocol> Route<P> {
-    /// Prepares a route: TLS configurations and secrets are loaded once.
-    pub fn prepare(
-        route: &crate::config::Route,
-        timeouts: Timeouts,
-        limits: Limits,
-    ) -> Result<Self, SetupError> {
-        let crate::tls::RouteTls {
+    /// A running route from its prepared parts (see [`crate::prepare`]).
+    pub fn new(prepared: PreparedRoute, timeouts: Timeouts, limits: Limits) -> Self {
+        let PreparedRoute {
+            config,
             listen,
-            upstream: tls,
-        } = crate::tls::RouteTls::prepare(route)?;
-        let transport = UpstreamTransport::new(route.upstream.security, tls).ok_or(
-            SetupError::Tls(crate::tls::TlsSetupError::MissingCertificate),
-        )?;
-        Ok(Self {
-            name: route.name.clone(),
-            listen: ListenSide::new(&route.listen.0, listen)?,
-            address: route.upstream.address.clone(),
             transport,
-            auth: route.upstream.auth,
-            credentials: CredentialSource::from_config(&route.credentials)
-                .map_err(SetupError::Credentials)?,
+            credentials,
+        } = prepared;
+        Self {
+            extra: P::extra(&config),
+            name: config.name,
+            listen,
+            address: config.upstream.address,
+            transport,
+            auth: config.upstream.auth,
+            credentials,
             timeouts,
             limits,
-            extra: P::extra(route),
-        })
+        }
     }
 
     /// Opens a fresh upstream connection (resolve, connect, implicit TLS).
