@@ -247,6 +247,22 @@ impl<D> Step<D> {
     pub fn start_tls() -> Self {
         Step::Io(Io::StartTls)
     }
+
+    /// The command a `Send` step carries (it may hold a secret: never log it).
+    pub fn sent(&self) -> Option<&[u8]> {
+        match self {
+            Step::Io(Io::Send(bytes)) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// Where the machine stopped, if it did.
+    pub fn into_done(self) -> Option<D> {
+        match self {
+            Step::Done(d) => Some(d),
+            Step::Io(_) => None,
+        }
+    }
 }
 
 /// One command line from `parts`, CRLF added, in memory that is zeroized

@@ -374,31 +374,22 @@ mod tests {
     }
 
     fn sent<D: std::fmt::Debug>(step: Result<Step<D>, UpstreamError>) -> String {
-        match step {
-            Ok(Step::Io(Io::Send(b))) => String::from_utf8(b.to_vec()).expect("ascii"),
-            other => panic!("expected Send, got {other:?}"),
-        }
+        let step = step.expect("a step, not a failure");
+        String::from_utf8(step.sent().expect("a command").to_vec()).expect("ascii")
     }
 
     fn ready(step: Result<Step<Ready>, UpstreamError>) -> Ready {
-        match step {
-            Ok(Step::Done(r)) => r,
-            other => panic!("expected Ready, got {other:?}"),
-        }
+        step.expect("a step").into_done().expect("Ready")
     }
 
     fn done(step: Result<Step<LoginDone>, UpstreamError>) -> LoginDone {
-        match step {
-            Ok(Step::Done(d)) => d,
-            other => panic!("expected the end of the login, got {other:?}"),
-        }
+        step.expect("a step")
+            .into_done()
+            .expect("the end of the login")
     }
 
     fn failure<D: std::fmt::Debug>(step: Result<Step<D>, UpstreamError>) -> UpstreamError {
-        match step {
-            Err(e) => e,
-            other => panic!("expected a failure, got {other:?}"),
-        }
+        step.expect_err("a failure")
     }
 
     const GREETING: &[u8] = b"+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n";
