@@ -14,7 +14,10 @@ use postern_core::acl::Acl;
 use postern_core::config::{Config, LogConfig, LogFormat, Protocol};
 use postern_core::limits::Timeouts;
 use postern_core::prepare::prepare;
-use postern_core::server::{BindError, Frontend, ListenOptions, Listener, Server, SessionBudget};
+use postern_core::prepare::PreparedRoute;
+use postern_core::server::{
+    Applied, BindError, Frontend, ListenOptions, ListenerSpec, Server, Serving,
+};
 use postern_core::session::{Frontdoor, Route as SessionRoute};
 use postern_pop3::Pop3;
 use postern_smtp::Smtp;
@@ -35,10 +38,11 @@ pub enum StartError {
     Bind(#[from] BindError),
 }
 
-/// A gateway with every route's listener bound.
-#[derive(Debug)]
+/// A gateway: every route's listener, and the sessions they run. Cheap to
+/// clone (one shared server), so one task can serve while another reloads.
+#[derive(Debug, Clone)]
 pub struct Gateway {
-    server: Server,
+    server: Arc<Server>,
 }
 
 impl Gateway {
@@ -46,6 +50,23 @@ impl Gateway {
     /// once, as `postern check` does) and binds its listener. Upstreams are
     /// not contacted: each session resolves and connects afresh.
     pub async fn bind(config: &Config) -> Result<Self, StartError> {
+        let gateway = Self {
+            server: Arc::new(Server::new(total_sessions(config))),
+        };
+        gateway.apply(config).await?;
+        Ok(gateway)
+    }
+
+    /// Applies a new configuration to the running gateway: files are read
+    /// afresh (certificates, CA files, secrets); listeners whose address is
+    /// unchanged keep their socket and take new sessions with the new
+    /// settings; new routes start listening; removed ones stop accepting.
+    /// Running sessions are never touched. On any problem nothing changes.
+    pub async fn reload(&self, config: &Config) -> Result<Applied, StartError> {
+        self.apply(config).await
+    }
+
+    async fn apply(&self, config: &Config) -> Result<Applied, StartError> {
         let prepared = prepare(config)?;
         // The same list `postern check` prints.
         for w in &prepared.warnings {
@@ -56,44 +77,12 @@ impl Gateway {
                 "{w}"
             );
         }
-        let mut listeners = Vec::with_capacity(prepared.routes.len());
-        let budget = SessionBudget::new(config.limits.resolve(&Default::default()).total_sessions);
-        for route in prepared.routes {
-            let c = route.config.clone();
-            let limits = config.limits.resolve(&c.limits);
-            let frontend: Arc<dyn Frontend> = match c.protocol {
-                Protocol::Pop3 => {
-                    let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::POP3);
-                    Arc::new(Frontdoor::new(SessionRoute::<Pop3>::new(
-                        route, timeouts, limits,
-                    )))
-                }
-                Protocol::Smtp => {
-                    let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::SMTP);
-                    Arc::new(Frontdoor::new(SessionRoute::<Smtp>::new(
-                        route, timeouts, limits,
-                    )))
-                }
-            };
-            listeners.push(
-                Listener::bind(
-                    &c.name,
-                    c.listen.address(),
-                    Acl::new(c.allow_list()),
-                    frontend,
-                    ListenOptions {
-                        proxy_protocol: c.listen.0.proxy_protocol,
-                        max_sessions: limits.sessions,
-                        max_per_client: limits.sessions_per_client,
-                    },
-                    budget.clone(),
-                )
-                .await?,
-            );
-        }
-        Ok(Self {
-            server: Server::new(listeners),
-        })
+        let specs = prepared
+            .routes
+            .into_iter()
+            .map(|route| listener_spec(config, route))
+            .collect();
+        Ok(self.server.apply(specs, total_sessions(config)).await?)
     }
 
     /// Route names with their bound addresses (real ports when 0 was configured).
@@ -114,11 +103,87 @@ impl Gateway {
     }
 }
 
-/// Binds every route and serves until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+fn total_sessions(config: &Config) -> usize {
+    config.limits.resolve(&Default::default()).total_sessions
+}
+
+/// A prepared route as its listener serves it.
+fn listener_spec(config: &Config, route: PreparedRoute) -> ListenerSpec {
+    let c = route.config.clone();
+    let limits = config.limits.resolve(&c.limits);
+    let frontend: Arc<dyn Frontend> = match c.protocol {
+        Protocol::Pop3 => {
+            let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::POP3);
+            Arc::new(Frontdoor::new(SessionRoute::<Pop3>::new(
+                route, timeouts, limits,
+            )))
+        }
+        Protocol::Smtp => {
+            let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::SMTP);
+            Arc::new(Frontdoor::new(SessionRoute::<Smtp>::new(
+                route, timeouts, limits,
+            )))
+        }
+    };
+    ListenerSpec {
+        address: c.listen.address(),
+        serving: Serving {
+            route: Arc::from(c.name.as_str()),
+            acl: Arc::new(Acl::new(c.allow_list())),
+            frontend,
+            options: ListenOptions {
+                proxy_protocol: c.listen.0.proxy_protocol,
+                max_sessions: limits.sessions,
+                max_per_client: limits.sessions_per_client,
+            },
+        },
+    }
+}
+
+/// Binds every route and serves until `shutdown` is cancelled; each
+/// message on `reloads` (a configuration read afresh, e.g. at SIGHUP) is
+/// applied, or refused with every problem logged while the running
+/// configuration keeps serving.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    mut reloads: tokio::sync::mpsc::Receiver<Result<Config, postern_core::config::ConfigError>>,
+) -> Result<(), StartError> {
     let gateway = Gateway::bind(&config).await?;
+    let reloader = gateway.clone();
+    tokio::spawn(async move {
+        while let Some(next) = reloads.recv().await {
+            let result = match next {
+                Ok(config) => reloader.reload(&config).await,
+                Err(e) => Err(StartError::Config(e)),
+            };
+            log_reload(&result);
+        }
+    });
     gateway.serve(shutdown, SHUTDOWN_GRACE).await;
     Ok(())
+}
+
+/// One log line for a reload, and one per problem when it was refused.
+pub fn log_reload(result: &Result<Applied, StartError>) {
+    match result {
+        Ok(a) => tracing::info!(
+            added = ?a.added,
+            kept = ?a.kept,
+            removed = ?a.removed,
+            "configuration reloaded; running sessions keep their settings"
+        ),
+        Err(StartError::Config(e)) => {
+            for p in &e.problems {
+                tracing::error!(file = %e.file.display(), "reload refused: {p}");
+            }
+            tracing::error!("reload refused: still running the previous configuration");
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "reload refused: still running the previous configuration"
+        ),
+    }
 }
 
 /// Installs the global log subscriber: `RUST_LOG` if set, else `log.level`.

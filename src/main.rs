@@ -18,9 +18,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway until SIGTERM or SIGINT.
+    /// Run the gateway until SIGTERM or SIGINT; SIGHUP reloads the file.
     Run {
         /// Configuration file (default: postern.yaml, then config/postern.yaml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Write the process id here (for `postern reload` and init systems).
+        #[arg(long, value_name = "FILE")]
+        pid_file: Option<PathBuf>,
+    },
+    /// Ask a running gateway to reload its configuration (sends SIGHUP to
+    /// the process named in its pid file). The new file is checked first.
+    Reload {
+        /// The pid file the gateway was started with (`run --pid-file`).
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+        /// Check this configuration file before signalling (recommended:
+        /// the one the gateway runs with).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -78,64 +92,146 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
-            let config = match load(config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("postern: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            postern::init_logging(&config.log);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("postern: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(signals(shutdown.clone()));
-                match postern::run(config, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        eprintln!("postern: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
+        Command::Run { config, pid_file } => run(config, pid_file),
+        Command::Reload { pid_file, config } => reload(&pid_file, config),
+    }
+}
+
+fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
+    let path = match find_config(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    postern::init_logging(&config.log);
+    if let Some(pid_file) = &pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            eprintln!(
+                "postern: cannot write the pid file {}: {e}",
+                pid_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(signals(shutdown.clone(), reload_tx, path));
+        match postern::run(config, shutdown, reloads).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("postern: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    if let Some(pid_file) = &pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    code
+}
+
+/// `postern reload`: check the file, then SIGHUP the running process.
+fn reload(pid_file: &Path, config: Option<PathBuf>) -> ExitCode {
+    if let Some(path) = config {
+        let checked = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| postern::prepare::prepare(&c).map_err(|e| e.to_string()));
+        if let Err(e) = checked {
+            eprintln!("postern: {e}");
+            eprintln!("postern: not reloading: the running gateway keeps its configuration");
+            return ExitCode::FAILURE;
+        }
+    }
+    let pid = match std::fs::read_to_string(pid_file) {
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(pid) if pid > 1 => pid,
+            _ => {
+                eprintln!("postern: {} does not hold a process id", pid_file.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        Err(e) => {
+            eprintln!("postern: cannot read {}: {e}", pid_file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+    {
+        Ok(s) if s.success() => {
+            println!("postern: asked process {pid} to reload; its log says whether the new configuration was applied");
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!(
+                "postern: process {pid} (from {}) is not running",
+                pid_file.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("postern: cannot run kill: {e}");
+            ExitCode::FAILURE
         }
     }
 }
 
-/// First SIGTERM/SIGINT: drain gracefully. Second: exit at once.
-async fn signals(shutdown: CancellationToken) {
+type Reloads = tokio::sync::mpsc::Sender<Result<Config, postern::config::ConfigError>>;
+
+/// First SIGTERM/SIGINT: drain gracefully. Second: exit at once. SIGHUP:
+/// read the configuration file again and hand it to the gateway.
+async fn signals(shutdown: CancellationToken, reloads: Reloads, path: PathBuf) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        for n in 0.. {
+        let mut stopping = false;
+        loop {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
+                _ = hup.recv() => {
+                    tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+                    let _ = reloads.send(Config::load(&path)).await;
+                    continue;
+                }
             };
-            if n == 0 {
+            if !stopping {
                 tracing::info!(
                     signal = name,
                     "stopping: no new sessions; waiting for running ones"
                 );
                 shutdown.cancel();
+                stopping = true;
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");
                 std::process::exit(130);
@@ -144,6 +240,7 @@ async fn signals(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     {
+        let _ = (reloads, path);
         let _ = tokio::signal::ctrl_c().await;
         shutdown.cancel();
     }
