@@ -6,34 +6,53 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::start;
+use common::{routes_yaml, secret_file, start, Account, RouteYaml, Secret};
 use postern_testkit::{
     cram_md5_response, login_base64, rfc1939_apop_digest, sasl_plain_response, FakePop3, FakeSmtp,
-    LineClient, Pop3Event, Pop3Script, SmtpEvent, SmtpScript,
+    LineClient, Pop3Event, Pop3Script, SmtpEvent, SmtpScript, TempDir,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Stored secrets come from the environment; each test uses its own names
-/// because tests run in parallel in one process.
-fn set_env(prefix: &str) -> (String, String) {
-    let local = format!("POSTERN_E2E_{prefix}_LOCAL");
-    let up = format!("POSTERN_E2E_{prefix}_UP");
-    std::env::set_var(&local, "local secret");
-    std::env::set_var(&up, "wonderland");
-    (local, up)
+/// Stored secrets, in 0600 files of a directory of the test's own (tests
+/// run in parallel threads of one process, so none may change the process
+/// environment; `*_env` secrets are tested through the binary in cli/secrets.rs).
+struct Secrets {
+    local: Secret,
+    upstream: Secret,
+    device: Secret,
+    _dir: TempDir,
+}
+
+impl Secrets {
+    fn new() -> Self {
+        let dir = TempDir::new("postern-accounts");
+        Secrets {
+            local: Secret::file(secret_file(&dir, "local_pw", "local secret")),
+            upstream: Secret::file(secret_file(&dir, "upstream_pw", "wonderland")),
+            device: Secret::file(secret_file(&dir, "device_pw", "wonderland")),
+            _dir: dir,
+        }
+    }
+
+    /// scanner / "local secret" locally, alice / "wonderland" upstream.
+    fn scanner(&self) -> Account {
+        Account::upstream("alice", self.upstream.clone()).local("scanner", self.local.clone())
+    }
 }
 
 fn pop3_accounts_route(
     upstream: std::net::SocketAddr,
     auth: &str,
-    prefix: &str,
+    secrets: &Secrets,
     passthrough: bool,
 ) -> String {
-    let (local, up) = set_env(prefix);
-    format!(
-        "routes:\n  - name: r\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: none, auth: {auth} }}\n    credentials:\n      passthrough: {passthrough}\n      accounts:\n        - {{ local_user: scanner, local_password_env: {local}, upstream_user: alice, upstream_password_env: {up} }}\n"
-    )
+    RouteYaml::pop3("r", upstream)
+        .security("none")
+        .auth(auth)
+        .passthrough(passthrough)
+        .account(secrets.scanner())
+        .yaml()
 }
 
 /// The `<...>` timestamp in a greeting.
@@ -47,7 +66,14 @@ fn timestamp(greeting: &str) -> String {
 async fn local_apop_and_cram_md5_use_the_stored_upstream_login() {
     let fake =
         FakePop3::start(Pop3Script::new().message(b"Subject: x\r\n\r\nhi\r\n".to_vec())).await;
-    let gw = start(&pop3_accounts_route(fake.addr(), "cram-md5", "APOP", false)).await;
+    let secrets = Secrets::new();
+    let gw = start(&pop3_accounts_route(
+        fake.addr(),
+        "cram-md5",
+        &secrets,
+        false,
+    ))
+    .await;
 
     // postern as an APOP server (the qpopper row of the seed).
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
@@ -100,7 +126,8 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[tokio::test]
 async fn mixing_rules_and_uniform_refusals() {
     let fake = FakePop3::start(Pop3Script::new().credentials("someone", "theirs")).await;
-    let gw = start(&pop3_accounts_route(fake.addr(), "apop", "MIX", true)).await;
+    let secrets = Secrets::new();
+    let gw = start(&pop3_accounts_route(fake.addr(), "apop", &secrets, true)).await;
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
     c.read_line().await.expect("greeting");
     c.command("USER scanner").await.expect("user");
@@ -130,7 +157,7 @@ async fn mixing_rules_and_uniform_refusals() {
 
     // Without passthrough, unknown users are refused locally.
     let fake = FakePop3::start(Pop3Script::new().credentials("someone", "theirs")).await;
-    let gw = start(&pop3_accounts_route(fake.addr(), "apop", "STRICT", false)).await;
+    let gw = start(&pop3_accounts_route(fake.addr(), "apop", &secrets, false)).await;
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
     c.read_line().await.expect("greeting");
     c.command("USER someone").await.expect("user");
@@ -150,7 +177,8 @@ async fn mixing_rules_and_uniform_refusals() {
 #[tokio::test]
 async fn repeated_failures_block_the_address() {
     let fake = FakePop3::start(Pop3Script::new()).await;
-    let gw = start(&pop3_accounts_route(fake.addr(), "apop", "BLOCK", false)).await;
+    let secrets = Secrets::new();
+    let gw = start(&pop3_accounts_route(fake.addr(), "apop", &secrets, false)).await;
     // Five failures in parallel (each is delayed), from 127.0.0.7.
     let me: std::net::IpAddr = "127.0.0.7".parse().expect("ip");
     let mut tasks = Vec::new();
@@ -189,10 +217,11 @@ async fn repeated_failures_block_the_address() {
 async fn upstream_refusing_stored_credentials_is_temporary_and_backs_off() {
     let fake =
         FakePop3::start(Pop3Script::new().credentials("alice", "a different password")).await;
+    let secrets = Secrets::new();
     let gw = start(&pop3_accounts_route(
         fake.addr(),
         "cram-md5",
-        "BACKOFF",
+        &secrets,
         false,
     ))
     .await;
@@ -215,18 +244,21 @@ async fn upstream_refusing_stored_credentials_is_temporary_and_backs_off() {
     gw.stop().await;
 }
 
-fn smtp_accounts_route(upstream: std::net::SocketAddr, prefix: &str) -> String {
-    let (local, up) = set_env(prefix);
-    std::env::set_var(format!("POSTERN_E2E_{prefix}_DEVICE"), "wonderland");
-    format!(
-        "routes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: none, auth: cram-md5 }}\n    credentials:\n      accounts:\n        - {{ local_user: scanner, local_password_env: {local}, upstream_user: alice, upstream_password_env: {up} }}\n        - {{ sources: [127.0.0.9/32], upstream_user: alice, upstream_password_env: POSTERN_E2E_{prefix}_DEVICE }}\n"
-    )
+/// The scanner account, and a device at 127.0.0.9 with its own file.
+fn smtp_accounts_route(upstream: std::net::SocketAddr, secrets: &Secrets) -> String {
+    RouteYaml::smtp("s", upstream)
+        .security("none")
+        .auth("cram-md5")
+        .account(secrets.scanner())
+        .account(Account::upstream("alice", secrets.device.clone()).sources(&["127.0.0.9/32"]))
+        .yaml()
 }
 
 #[tokio::test]
 async fn smtp_device_without_login_and_local_cram_md5() {
     let fake = FakeSmtp::start(SmtpScript::new()).await;
-    let gw = start(&smtp_accounts_route(fake.addr(), "SMTPDEV")).await;
+    let secrets = Secrets::new();
+    let gw = start(&smtp_accounts_route(fake.addr(), &secrets)).await;
 
     // The device at 127.0.0.9: no AUTH offered, mail goes through with the
     // stored upstream login.
@@ -295,7 +327,8 @@ async fn smtp_device_without_login_and_local_cram_md5() {
 async fn smtp_stored_credentials_refused_upstream_give_454() {
     let fake =
         FakeSmtp::start(SmtpScript::new().credentials("alice", "not what postern has")).await;
-    let gw = start(&smtp_accounts_route(fake.addr(), "SMTP454")).await;
+    let secrets = Secrets::new();
+    let gw = start(&smtp_accounts_route(fake.addr(), &secrets)).await;
     let mut c = LineClient::connect_from("127.0.0.11".parse().expect("ip"), gw.addr("s"))
         .await
         .expect("connect");
@@ -342,14 +375,14 @@ async fn smtp_stored_credentials_refused_upstream_give_454() {
 async fn http_requests_are_refused_on_mail_ports() {
     let pop = FakePop3::start(Pop3Script::new()).await;
     let smtp = FakeSmtp::start(SmtpScript::new()).await;
-    let yaml = format!(
-        "routes:\n{}{}",
-        common::pop3_route("p", pop.addr(), "none", "apop", ""),
-        format_args!(
-            "  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: none, auth: cram-md5 }}\n",
-            smtp.addr()
-        )
-    );
+    let yaml = routes_yaml(&[
+        RouteYaml::pop3("p", pop.addr())
+            .security("none")
+            .auth("apop"),
+        RouteYaml::smtp("s", smtp.addr())
+            .security("none")
+            .auth("cram-md5"),
+    ]);
     let gw = start(&yaml).await;
     for route in ["p", "s"] {
         let mut c = LineClient::connect(gw.addr(route)).await.expect("connect");
@@ -374,10 +407,12 @@ async fn http_requests_are_refused_on_mail_ports() {
 #[tokio::test]
 async fn proxy_protocol_gives_the_real_client_address() {
     let fake = FakePop3::start(Pop3Script::new()).await;
-    let yaml = format!(
-        "routes:\n  - name: r\n    protocol: pop3\n    listen: {{ address: 127.0.0.1:0, proxy_protocol: true }}\n    allow: [10.1.0.0/16]\n    upstream: {{ address: \"{}\", security: none, auth: apop }}\n",
-        fake.addr()
-    );
+    let yaml = RouteYaml::pop3("r", fake.addr())
+        .proxy_protocol()
+        .allow(&["10.1.0.0/16"])
+        .security("none")
+        .auth("apop")
+        .yaml();
     let gw = start(&yaml).await;
     // v1 header naming an allowed client.
     let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::start;
+use common::{start, RouteYaml};
 use postern_testkit::LineClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -50,16 +50,17 @@ async fn scripted_with(replies: Vec<&'static [u8]>, close_after_last: bool) -> S
 }
 
 fn pop3(upstream: SocketAddr) -> String {
-    format!(
-        "routes:\n{}",
-        common::pop3_route("r", upstream, "none", "user", "")
-    )
+    RouteYaml::pop3("r", upstream)
+        .security("none")
+        .auth("user")
+        .yaml()
 }
 
 fn smtp(upstream: SocketAddr) -> String {
-    format!(
-        "routes:\n  - name: r\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: none, auth: none }}\n"
-    )
+    RouteYaml::smtp("r", upstream)
+        .security("none")
+        .auth("none")
+        .yaml()
 }
 
 #[tokio::test]

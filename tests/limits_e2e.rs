@@ -4,15 +4,23 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::start;
+use common::{start, GatewayYaml, RouteYaml};
 use postern_testkit::{
     sasl_plain_response, DataEnd, FakePop3, FakeSmtp, LineClient, Pop3Script, SmtpScript,
 };
 
-fn smtp_yaml(upstream: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        "routes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: none, auth: cram-md5 }}\n{extra}"
-    )
+/// SMTP route `s` to `upstream` with CRAM-MD5.
+fn smtp_route(upstream: std::net::SocketAddr) -> RouteYaml {
+    RouteYaml::smtp("s", upstream)
+        .security("none")
+        .auth("cram-md5")
+}
+
+/// POP3 route `name` to `upstream` with APOP.
+fn pop3_route(name: &str, upstream: std::net::SocketAddr) -> RouteYaml {
+    RouteYaml::pop3(name, upstream)
+        .security("none")
+        .auth("apop")
 }
 
 async fn smtp_login(c: &mut LineClient) {
@@ -33,11 +41,7 @@ async fn smtp_login(c: &mut LineClient) {
 #[tokio::test]
 async fn upstream_silence_after_data_gives_451_not_a_hang() {
     let fake = FakeSmtp::start(SmtpScript::new().data_end(DataEnd::HangBeforeFinalReply)).await;
-    let gw = start(&smtp_yaml(
-        fake.addr(),
-        "    timeouts: { final_reply: 1s }\n",
-    ))
-    .await;
+    let gw = start(&smtp_route(fake.addr()).timeouts("final_reply: 1s").yaml()).await;
     let mut c = LineClient::connect(gw.addr("s")).await.expect("connect");
     smtp_login(&mut c).await;
     c.smtp_command("MAIL FROM:<a@x>").await.expect("mail");
@@ -56,10 +60,11 @@ async fn upstream_silence_after_data_gives_451_not_a_hang() {
 #[tokio::test]
 async fn recipients_and_size_limits() {
     let fake = FakeSmtp::start(SmtpScript::new()).await;
-    let gw = start(&smtp_yaml(
-        fake.addr(),
-        "    limits: { max_recipients: 2, message_size: 5000 }\n",
-    ))
+    let gw = start(
+        &smtp_route(fake.addr())
+            .limits("max_recipients: 2, message_size: 5000")
+            .yaml(),
+    )
     .await;
     let mut c = LineClient::connect(gw.addr("s")).await.expect("connect");
     assert!(c.read_smtp_reply().await.expect("greeting")[0].starts_with("220"));
@@ -89,10 +94,10 @@ async fn recipients_and_size_limits() {
 #[tokio::test]
 async fn sessions_per_client_and_per_route() {
     let fake = FakePop3::start(Pop3Script::new()).await;
-    let yaml = format!(
-        "limits: {{ sessions_per_client: 1 }}\nroutes:\n{}",
-        common::pop3_route("p", fake.addr(), "none", "apop", "")
-    );
+    let yaml = GatewayYaml::new()
+        .limits("sessions_per_client: 1")
+        .route(pop3_route("p", fake.addr()))
+        .to_string();
     let gw = start(&yaml).await;
     let mut first = LineClient::connect(gw.addr("p")).await.expect("connect");
     assert!(first
@@ -125,7 +130,7 @@ async fn sessions_per_client_and_per_route() {
     gw.stop().await;
 
     let fake = FakeSmtp::start(SmtpScript::new()).await;
-    let gw = start(&smtp_yaml(fake.addr(), "    limits: { sessions: 1 }\n")).await;
+    let gw = start(&smtp_route(fake.addr()).limits("sessions: 1").yaml()).await;
     let mut first = LineClient::connect(gw.addr("s")).await.expect("connect");
     assert!(first.read_smtp_reply().await.expect("greeting")[0].starts_with("220"));
     let mut second = LineClient::connect_from("127.0.0.21".parse().expect("ip"), gw.addr("s"))
@@ -140,10 +145,9 @@ async fn sessions_per_client_and_per_route() {
 #[tokio::test]
 async fn idle_clients_before_login_are_dropped() {
     let fake = FakePop3::start(Pop3Script::new()).await;
-    let yaml = format!(
-        "routes:\n{}    timeouts: {{ client_login: 500ms }}\n",
-        common::pop3_route("p", fake.addr(), "none", "apop", "")
-    );
+    let yaml = pop3_route("p", fake.addr())
+        .timeouts("client_login: 500ms")
+        .yaml();
     let gw = start(&yaml).await;
     let mut c = LineClient::connect(gw.addr("p")).await.expect("connect");
     c.read_line().await.expect("greeting");
@@ -167,10 +171,7 @@ async fn a_slow_reader_is_dropped_not_buffered_for() {
         .flat_map(|i| format!("line {i:08}\r\n").into_bytes())
         .collect();
     let fake = FakePop3::start(Pop3Script::new().credentials("a", "b").message(body)).await;
-    let yaml = format!(
-        "routes:\n{}    timeouts: {{ write: 1s }}\n",
-        common::pop3_route("p", fake.addr(), "none", "apop", "")
-    );
+    let yaml = pop3_route("p", fake.addr()).timeouts("write: 1s").yaml();
     let gw = start(&yaml).await;
     let mut c = LineClient::connect(gw.addr("p")).await.expect("connect");
     c.read_line().await.expect("greeting");
@@ -215,10 +216,9 @@ async fn a_black_hole_upstream_gives_a_fast_temporary_error() {
             fillers.push(s);
         }
     }
-    let yaml = format!(
-        "routes:\n{}    timeouts: {{ connect: 500ms, upstream_reply: 500ms }}\n",
-        common::pop3_route("p", hole, "none", "apop", "")
-    );
+    let yaml = pop3_route("p", hole)
+        .timeouts("connect: 500ms, upstream_reply: 500ms")
+        .yaml();
     let gw = start(&yaml).await;
     let mut c = LineClient::connect(gw.addr("p")).await.expect("connect");
     // postern greets itself; the upstream is opened by the login.
@@ -239,11 +239,11 @@ async fn a_black_hole_upstream_gives_a_fast_temporary_error() {
 #[tokio::test]
 async fn total_sessions_across_routes() {
     let fake = FakePop3::start(Pop3Script::new()).await;
-    let yaml = format!(
-        "limits: {{ total_sessions: 1 }}\nroutes:\n{}{}",
-        common::pop3_route("a", fake.addr(), "none", "apop", ""),
-        common::pop3_route("b", fake.addr(), "none", "apop", "")
-    );
+    let yaml = GatewayYaml::new()
+        .limits("total_sessions: 1")
+        .route(pop3_route("a", fake.addr()))
+        .route(pop3_route("b", fake.addr()))
+        .to_string();
     let gw = start(&yaml).await;
     let mut first = LineClient::connect(gw.addr("a")).await.expect("connect");
     assert!(first

@@ -5,10 +5,11 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{pop3_route, start};
+use common::{start, RouteYaml};
 use postern_testkit::{
     cram_md5_digest, login_base64, rfc1939_apop_digest, sasl_plain_response, FakePop3,
     FakeSecurity, FakeSmtp, LineClient, Pop3Event, Pop3Script, SmtpEvent, SmtpScript, TempDir,
@@ -31,6 +32,17 @@ impl Write for Capture {
 const PASSWORD: &str = "Tr0ub4dor&3-unique-pw";
 const WRONG: &str = "wrong-Pa55word-unique";
 const FORGED_USER: &str = "bob\" user=\"admin\u{2028}x";
+
+/// `route` with `security` and `auth`; over TLS it trusts `ca` for the
+/// name `localhost`.
+fn trusting(route: RouteYaml, security: &str, auth: &str, ca: &Path) -> RouteYaml {
+    let route = route.security(security).auth(auth);
+    if security == "none" {
+        route
+    } else {
+        route.ca(ca).server_name("localhost")
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_log_at_trace_level() {
@@ -65,16 +77,8 @@ async fn no_secret_reaches_the_log_at_trace_level() {
                 .message(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
         )
         .await;
-        let extra = if security == "none" {
-            String::new()
-        } else {
-            format!(", ca: \"{}\", server_name: localhost", ca.display())
-        };
-        let gw = start(&format!(
-            "routes:\n{}",
-            pop3_route("r", fake.addr(), security, auth, &extra)
-        ))
-        .await;
+        let gw =
+            start(&trusting(RouteYaml::pop3("r", fake.addr()), security, auth, &ca).yaml()).await;
         // A failed USER/PASS, then AUTH PLAIN with the right password.
         let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
         c.read_line().await.expect("greeting");
@@ -120,16 +124,8 @@ async fn no_secret_reaches_the_log_at_trace_level() {
                 .security(sec),
         )
         .await;
-        let extra = if security == "none" {
-            String::new()
-        } else {
-            format!(", ca: \"{}\", server_name: localhost", ca.display())
-        };
-        let yaml = format!(
-            "routes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: {security}, auth: {auth}{extra} }}\n",
-            fake.addr()
-        );
-        let gw = start(&yaml).await;
+        let gw =
+            start(&trusting(RouteYaml::smtp("s", fake.addr()), security, auth, &ca).yaml()).await;
         let mut c = LineClient::connect(gw.addr("s")).await.expect("connect");
         c.read_smtp_reply().await.expect("greeting");
         c.smtp_command("EHLO c").await.expect("ehlo");
@@ -162,10 +158,12 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     // that would end the field, a fake `user=` and U+2028 (a line break to
     // many log viewers). It must be logged quoted and escaped.
     let fake = FakeSmtp::start(SmtpScript::new().credentials("carol", PASSWORD)).await;
-    let gw = start(&format!(
-        "routes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: none, auth: plain, allow_plaintext_password: true }}\n",
-        fake.addr()
-    ))
+    let gw = start(
+        &RouteYaml::smtp("s", fake.addr())
+            .security("none")
+            .auth("plain")
+            .yaml(),
+    )
     .await;
     let mut c = LineClient::connect(gw.addr("s")).await.expect("connect");
     c.read_smtp_reply().await.expect("greeting");

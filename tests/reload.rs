@@ -3,12 +3,15 @@
 //! listener never refuses a connection, new routes answer, removed routes
 //! stop accepting, and an invalid file changes nothing.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{routes_yaml, RouteYaml};
 use postern::config::Config;
 use postern::{Gateway, StartError};
 use postern_testkit::{
@@ -20,12 +23,12 @@ fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, Path::new("reload.yaml")).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
 }
 
-fn pop3(name: &str, up: SocketAddr, extra: &str) -> String {
-    format!("  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{up}\", security: none, auth: user, allow_plaintext_password: true }}\n{extra}")
+fn pop3(name: &str, up: SocketAddr) -> RouteYaml {
+    RouteYaml::pop3(name, up).security("none").auth("user")
 }
 
-fn smtp(name: &str, up: SocketAddr) -> String {
-    format!("  - name: {name}\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{up}\", security: none, auth: plain, allow_plaintext_password: true }}\n")
+fn smtp(name: &str, up: SocketAddr) -> RouteYaml {
+    RouteYaml::smtp(name, up).security("none").auth("plain")
 }
 
 fn big_message() -> Vec<u8> {
@@ -49,11 +52,10 @@ async fn reload_keeps_sessions_and_sockets_adds_and_removes_routes() {
     .await;
     let mail = FakeSmtp::start(SmtpScript::new().credentials("alice", "wonderland")).await;
 
-    let v1 = config(&format!(
-        "routes:\n{}{}",
-        pop3("p", pop.addr(), ""),
-        smtp("s", mail.addr())
-    ));
+    let v1 = config(&routes_yaml(&[
+        pop3("p", pop.addr()),
+        smtp("s", mail.addr()),
+    ]));
     let gateway = Gateway::bind(&v1).await.expect("bind");
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(
@@ -124,12 +126,11 @@ async fn reload_keeps_sessions_and_sockets_adds_and_removes_routes() {
 
     // v2: p changed (a setting), s unchanged, q new.
     let q_up = FakePop3::start(Pop3Script::new().credentials("bob", "builder")).await;
-    let v2 = config(&format!(
-        "routes:\n{}{}{}",
-        pop3("p", pop.addr(), "    timeouts: { client_idle: 9m }\n"),
+    let v2 = config(&routes_yaml(&[
+        pop3("p", pop.addr()).timeouts("client_idle: 9m"),
         smtp("s", mail.addr()),
-        pop3("q", q_up.addr(), "")
-    ));
+        pop3("q", q_up.addr()),
+    ]));
     let applied = gateway.reload(&v2).await.expect("valid reload");
     assert_eq!(applied.added, vec!["q".to_owned()]);
     let mut kept = applied.kept.clone();
@@ -180,11 +181,10 @@ async fn reload_keeps_sessions_and_sockets_adds_and_removes_routes() {
     );
 
     // v3: p removed. It stops accepting; its running session goes on.
-    let v3 = config(&format!(
-        "routes:\n{}{}",
+    let v3 = config(&routes_yaml(&[
         smtp("s", mail.addr()),
-        pop3("q", q_up.addr(), "")
-    ));
+        pop3("q", q_up.addr()),
+    ]));
     let applied = gateway.reload(&v3).await.expect("valid reload");
     assert_eq!(applied.removed, vec!["p".to_owned()]);
     assert_eq!(gateway.addr("p"), None);
@@ -206,7 +206,7 @@ async fn reload_keeps_sessions_and_sockets_adds_and_removes_routes() {
 #[tokio::test]
 async fn an_invalid_configuration_or_a_busy_address_changes_nothing() {
     let pop = FakePop3::start(Pop3Script::new().credentials("alice", "wonderland")).await;
-    let v1 = config(&format!("routes:\n{}", pop3("p", pop.addr(), "")));
+    let v1 = config(&pop3("p", pop.addr()).yaml());
     let gateway = Gateway::bind(&v1).await.expect("bind");
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(
@@ -217,11 +217,15 @@ async fn an_invalid_configuration_or_a_busy_address_changes_nothing() {
     let p_addr = gateway.addr("p").expect("p");
 
     // A file that parses but cannot be prepared: a CA file that is not there.
-    let broken = config(&format!(
-        "routes:\n  - name: p\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: tls, auth: user, ca: /nonexistent/ca.pem }}\n  - name: n\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: none, auth: apop }}\n",
-        pop.addr(),
-        pop.addr()
-    ));
+    let broken = config(&routes_yaml(&[
+        RouteYaml::pop3("p", pop.addr())
+            .security("tls")
+            .auth("user")
+            .ca(Path::new("/nonexistent/ca.pem")),
+        RouteYaml::pop3("n", pop.addr())
+            .security("none")
+            .auth("apop"),
+    ]));
     match gateway.reload(&broken).await {
         Err(StartError::Config(e)) => {
             let text = e.to_string();
@@ -235,11 +239,13 @@ async fn an_invalid_configuration_or_a_busy_address_changes_nothing() {
     // A new route whose address is taken: the bind fails before anything changes.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("squat");
     let taken = squatter.local_addr().expect("addr");
-    let clash = config(&format!(
-        "routes:\n{}  - name: n\n    protocol: pop3\n    listen: \"{taken}\"\n    upstream: {{ address: \"{}\", security: none, auth: apop }}\n",
-        pop3("p", pop.addr(), "    timeouts: { client_idle: 9m }\n"),
-        pop.addr()
-    ));
+    let clash = config(&routes_yaml(&[
+        pop3("p", pop.addr()).timeouts("client_idle: 9m"),
+        RouteYaml::pop3("n", pop.addr())
+            .listen(taken)
+            .security("none")
+            .auth("apop"),
+    ]));
     match gateway.reload(&clash).await {
         Err(StartError::Bind(e)) => assert_eq!(e.address, taken),
         other => panic!("expected a bind error, got {other:?}"),
@@ -309,9 +315,11 @@ fn sighup_and_postern_reload_apply_a_new_file_and_refuse_a_broken_one() {
     let dir = postern_testkit::TempDir::new("postern-reload-cli");
     let (p, q) = (free_port(), free_port());
     let route = |name: &str, port: u16| {
-        format!("  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:{port}\n    upstream: {{ address: pop.nonexistent.invalid:995, auth: user }}\n")
+        RouteYaml::pop3(name, "pop.nonexistent.invalid:995")
+            .listen(SocketAddr::from(([127, 0, 0, 1], port)))
+            .auth("user")
     };
-    let file = dir.write("p.yaml", format!("routes:\n{}", route("p", p)));
+    let file = dir.write("p.yaml", route("p", p).yaml());
     let pid_file = dir.path().join("postern.pid");
     let mut child = KillOnDrop(Some(
         Command::new(env!("CARGO_BIN_EXE_postern"))
@@ -328,11 +336,7 @@ fn sighup_and_postern_reload_apply_a_new_file_and_refuse_a_broken_one() {
     assert!(pid_file.is_file(), "no pid file");
 
     // A good new file through `postern reload`: q starts, p stays.
-    std::fs::write(
-        &file,
-        format!("routes:\n{}{}", route("p", p), route("q", q)),
-    )
-    .expect("write");
+    std::fs::write(&file, routes_yaml(&[route("p", p), route("q", q)])).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_postern"))
         .args(["reload", "--pid-file"])
         .arg(&pid_file)

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{pop3_route, start_with_grace, SMTP_GREETING};
+use common::{routes_yaml, start_with_grace, RouteYaml, SMTP_GREETING};
 use postern_testkit::{
     sasl_plain_response, FakePop3, FakeSmtp, LineClient, Pop3Event, Pop3Script, SmtpScript,
 };
@@ -18,11 +18,14 @@ const GRACE: Duration = Duration::from_secs(8);
 async fn idle_sessions_are_told_and_closed_at_once_busy_ones_finish() {
     let pop = FakePop3::start(Pop3Script::new().credentials("alice", "wonderland")).await;
     let smtp = FakeSmtp::start(SmtpScript::new().credentials("alice", "wonderland")).await;
-    let yaml = format!(
-        "routes:\n{}  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{}\", security: none, auth: plain, allow_plaintext_password: true }}\n",
-        pop3_route("p", pop.addr(), "none", "user", ""),
-        smtp.addr()
-    );
+    let yaml = routes_yaml(&[
+        RouteYaml::pop3("p", pop.addr())
+            .security("none")
+            .auth("user"),
+        RouteYaml::smtp("s", smtp.addr())
+            .security("none")
+            .auth("plain"),
+    ]);
     let gw = start_with_grace(&yaml, GRACE).await;
 
     // A POP3 client that never logs in, and one logged in and idle.

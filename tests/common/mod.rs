@@ -1,15 +1,22 @@
-//! Shared harness: the whole gateway in-process on 127.0.0.1:0.
+//! Shared harness: the whole gateway in-process on 127.0.0.1:0, the
+//! typed route builder (`route`) and secret files.
 #![allow(dead_code)]
 
+mod route;
+
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use postern::config::Config;
 use postern::Gateway;
-use postern_testkit::LineClient;
+use postern_testkit::{LineClient, TempDir};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+// Each test target uses its own part of the builder.
+#[allow(unused_imports)]
+pub use route::{routes_yaml, Account, GatewayYaml, RouteYaml, Secret};
 
 /// A running gateway; [`Running::stop`] drains it and surfaces panics.
 pub struct Running {
@@ -56,24 +63,6 @@ pub async fn start_with_grace(yaml: &str, grace: Duration) -> Running {
     }
 }
 
-/// One POP3 route on 127.0.0.1:0 in YAML; `extra` is appended to `upstream:`.
-pub fn pop3_route(
-    name: &str,
-    upstream: SocketAddr,
-    security: &str,
-    auth: &str,
-    extra: &str,
-) -> String {
-    let plaintext = if security == "none" && (auth == "user" || auth == "plain") {
-        ", allow_plaintext_password: true"
-    } else {
-        ""
-    };
-    format!(
-        "  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{upstream}\", security: {security}, auth: {auth}{plaintext}{extra} }}\n"
-    )
-}
-
 /// postern's own POP3 greeting (a route with local secrets appends an APOP
 /// timestamp): sent at once, before any upstream connection.
 pub const POP3_GREETING: &str = "+OK postern POP3 gateway ready";
@@ -94,4 +83,19 @@ pub async fn pop3_greet_and_pass(c: &mut LineClient, user: &str, password: &str)
     let r = c.command(&format!("USER {user}")).await.expect("user");
     assert!(r.starts_with("+OK"), "USER is answered locally: {r}");
     c.command(&format!("PASS {password}")).await.expect("pass")
+}
+
+/// Writes a password file `name` in `dir` (mode 0600, as a secret file
+/// should be: postern warns about one every user can read) holding
+/// `value` and a newline, and returns its path.
+pub fn secret_file(dir: &TempDir, name: &str, value: &str) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.path().join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).expect("create secret file");
+    writeln!(file, "{value}").expect("write secret file");
+    path
 }

@@ -1,128 +1,7 @@
-//! The `postern` command as a user runs it.
+//! `postern run`: serving, SIGTERM, descriptor exhaustion, bind errors,
+//! refused-connection logging.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use postern_testkit::TempDir;
-
-fn postern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_postern"))
-}
-
-fn repo() -> &'static std::path::Path {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-#[test]
-fn check_prints_the_route_table_of_the_example() {
-    let out = postern()
-        .args(["check", "-c", "config/postern.example.yaml"])
-        .current_dir(repo())
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for want in [
-        "ROUTE",
-        "PROTOCOL",
-        "LISTEN",
-        "UPSTREAM",
-        "SECURITY",
-        "AUTH",
-        "isp-pop-apop",
-        "127.0.0.1:3999",
-        "pop.example.net:110",
-        "apop",
-    ] {
-        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
-    }
-}
-
-#[test]
-fn check_fails_with_every_problem_named() {
-    let dir = TempDir::new("postern-cli");
-    let file = dir.write(
-        "bad.yaml",
-        "routes:\n  - name: a\n    protocol: pop3\n    listen: 0.0.0.0:3999\n    upstream: { address: h:110, security: none, auth: user }\n",
-    );
-    let out = postern()
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml"), "{stderr}");
-    assert!(stderr.contains("route \"a\""), "{stderr}");
-    assert!(stderr.contains("allow"), "{stderr}");
-    assert!(stderr.contains("in clear"), "{stderr}");
-    assert!(stderr.contains("2 problems"), "{stderr}");
-
-    let file = dir.write("syntax.yaml", "routes:\n  - name: a\n    protocl: pop3\n");
-    let out = postern()
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 3"), "{stderr}");
-    assert!(stderr.contains("protocl"), "{stderr}");
-
-    let out = postern()
-        .args(["check", "-c", "/nonexistent/postern.yaml"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
-}
-
-#[test]
-fn default_config_search_order() {
-    let dir = TempDir::new("postern-cli-default");
-    let out = postern()
-        .arg("check")
-        .current_dir(dir.path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("postern.yaml"));
-
-    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
-    let route = |name: &str| {
-        format!("routes:\n  - name: {name}\n    protocol: pop3\n    listen: 127.0.0.1:3999\n    upstream: {{ address: h:110, security: none, auth: apop }}\n")
-    };
-    dir.write("config/postern.yaml", route("from-config-dir"));
-    let out = postern()
-        .arg("check")
-        .current_dir(dir.path())
-        .output()
-        .expect("run");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from-config-dir"));
-    dir.write("postern.yaml", route("from-cwd"));
-    let out = postern()
-        .arg("check")
-        .current_dir(dir.path())
-        .output()
-        .expect("run");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("from-cwd"));
-}
-
-#[test]
-fn version_and_help() {
-    let out = postern().arg("--version").output().expect("run");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
-    let out = postern().arg("--help").output().expect("run");
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("run") && help.contains("check"), "{help}");
-}
+use super::*;
 
 /// `postern run` on a config whose upstream cannot resolve: it starts,
 /// greets, answers the login -ERR [SYS/TEMP], and stops cleanly on SIGTERM.
@@ -137,7 +16,10 @@ fn run_starts_answers_and_stops_on_sigterm() {
     let dir = TempDir::new("postern-cli-run");
     let file = dir.write(
         "p.yaml",
-        format!("routes:\n  - name: r\n    protocol: pop3\n    listen: 127.0.0.1:{port}\n    upstream: {{ address: pop.nonexistent.invalid:995, auth: user }}\n"),
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
+            .listen(loopback(port))
+            .auth("user")
+            .yaml(),
     );
     let mut child = postern()
         .args(["run", "-c"])
@@ -224,11 +106,16 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     let (cert, key) = pki.write_leaf_pem(dir.path());
     let file = dir.write(
         "p.yaml",
-        format!(
-            "timeouts: {{ tls_handshake: 4s }}\nroutes:\n  - name: r\n    protocol: pop3\n    listen: {{ address: 127.0.0.1:{port}, security: tls, certificate: \"{}\", key: \"{}\" }}\n    upstream: {{ address: \"127.0.0.1:9\", security: none, auth: apop }}\n",
-            cert.display(),
-            key.display()
-        ),
+        GatewayYaml::new()
+            .timeouts("tls_handshake: 4s")
+            .route(
+                RouteYaml::pop3("r", "127.0.0.1:9")
+                    .listen(loopback(port))
+                    .listen_tls("tls", &cert, &key)
+                    .security("none")
+                    .auth("apop"),
+            )
+            .to_string(),
     );
     let mut child = Command::new("sh")
         .arg("-c")
@@ -300,7 +187,11 @@ fn a_busy_listen_address_is_named_with_the_reason() {
     let dir = TempDir::new("postern-cli-bind");
     let file = dir.write(
         "p.yaml",
-        format!("routes:\n  - name: busy\n    protocol: pop3\n    listen: {addr}\n    upstream: {{ address: h:110, security: none, auth: apop }}\n"),
+        RouteYaml::pop3("busy", "h:110")
+            .listen(addr)
+            .security("none")
+            .auth("apop")
+            .yaml(),
     );
     let out = postern()
         .args(["run", "-c"])
@@ -316,81 +207,6 @@ fn a_busy_listen_address_is_named_with_the_reason() {
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
 }
 
-/// A password file every user can read: `check` warns (naming the file and
-/// its mode, as ssh does) but accepts the file; `run` logs the same warning.
-/// A 0600 file gets no warning.
-#[cfg(unix)]
-#[test]
-fn world_readable_secret_files_are_warned_about_not_refused() {
-    use std::os::unix::fs::PermissionsExt as _;
-    let dir = TempDir::new("postern-cli-secret-mode");
-    let secret = dir.write("office_pw", "s3cret-value\n");
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = taken.local_addr().expect("addr");
-    let file = dir.write(
-        "p.yaml",
-        format!("routes:\n  - name: office\n    protocol: pop3\n    listen: {addr}\n    upstream: {{ address: h:110, security: none, auth: apop }}\n    credentials:\n      accounts:\n        - {{ local_user: u, local_password_file: office_pw, upstream_user: o, upstream_password_file: office_pw }}\n"),
-    );
-    let chmod = |mode: u32| {
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    };
-    let check = || {
-        let out = postern()
-            .args(["check", "-c"])
-            .arg(&file)
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "a warning is not a failure: {stderr}");
-        stderr
-    };
-
-    chmod(0o644);
-    let stderr = check();
-    let path = secret.display().to_string();
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
-    assert_eq!(warnings.len(), 2, "one per key naming the file:\n{stderr}");
-    for (line, key) in warnings
-        .iter()
-        .zip(["upstream_password_file", "local_password_file"])
-    {
-        for want in ["route \"office\"", key, "0644", &path, "chmod 600"] {
-            assert!(line.contains(want), "{want:?} missing: {line}");
-        }
-    }
-    assert!(!stderr.contains("s3cret"), "{stderr}");
-
-    // `run` logs it before anything else (here it then fails to bind).
-    let out = postern()
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("WARN") && log.contains("0644") && log.contains(&path),
-        "{log}"
-    );
-
-    chmod(0o600);
-    let stderr = check();
-    assert!(!stderr.contains("warning"), "{stderr}");
-    let out = postern()
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!log.contains("too open"), "{log}");
-    assert!(
-        log.contains("in use"),
-        "the run got as far as binding: {log}"
-    );
-    drop(taken);
-}
-
 /// A flood of refused connections is one log line with the client, then a
 /// count (here reported when SIGTERM drains it, before its 10 s are up).
 #[cfg(unix)]
@@ -404,7 +220,12 @@ fn refused_connections_are_counted_not_logged_one_by_one() {
     let dir = TempDir::new("postern-cli-refusals");
     let file = dir.write(
         "p.yaml",
-        format!("routes:\n  - name: r\n    protocol: pop3\n    listen: 127.0.0.1:{port}\n    allow: [10.0.0.0/8]\n    upstream: {{ address: h:110, security: none, auth: apop }}\n"),
+        RouteYaml::pop3("r", "h:110")
+            .listen(loopback(port))
+            .allow(&["10.0.0.0/8"])
+            .security("none")
+            .auth("apop")
+            .yaml(),
     );
     let mut child = postern()
         .args(["run", "-c"])
