@@ -44,6 +44,9 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Print the JSON Schema of the configuration file, for editors and
+    /// validators (`postern schema > postern.schema.json`).
+    Schema,
 }
 
 const DEFAULT_PATHS: [&str; 2] = ["postern.yaml", "config/postern.yaml"];
@@ -94,6 +97,16 @@ fn main() -> ExitCode {
         },
         Command::Run { config, pid_file } => run(config, pid_file),
         Command::Reload { pid_file, config } => reload(&pid_file, config),
+        Command::Schema => match postern::config::json_schema_text() {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postern: cannot write the schema: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

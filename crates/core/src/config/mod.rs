@@ -12,9 +12,11 @@
 //! the configuration text.
 //!
 //! Files: [`route`] (what a route is), [`values`] (durations, host:port,
-//! timeouts and limits), [`validate`] (every rule types cannot express).
+//! timeouts and limits), [`validate`] (every rule types cannot express),
+//! [`schema`] (the JSON Schema `postern schema` prints, from these types).
 
 mod route;
+mod schema;
 mod validate;
 mod values;
 
@@ -22,13 +24,15 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use route::*;
+pub use schema::{json_schema, json_schema_text};
 pub use values::*;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Logging settings.
@@ -52,7 +56,7 @@ pub struct Config {
 }
 
 /// `log:` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `postern=debug`; `RUST_LOG` wins.
@@ -77,7 +81,7 @@ fn default_log_level() -> String {
 }
 
 /// The log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -88,10 +92,11 @@ pub enum LogFormat {
 }
 
 /// `admin:` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Where the admin HTTP endpoint listens.
+    #[schemars(with = "schema::SocketAddrSchema")]
     pub listen: SocketAddr,
 }
 

@@ -6,13 +6,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 use super::values::{HostPort, LimitsConfig, TimeoutsConfig};
 
 /// One route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// A unique name used in logs and `postern check`.
@@ -23,6 +24,7 @@ pub struct Route {
     pub listen: Listen,
     /// Which client addresses may connect. Absent: loopback only.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<super::schema::IpNetSchema>>")]
     pub allow: Option<Vec<IpNet>>,
     /// The real server and how to reach it.
     pub upstream: Upstream,
@@ -59,7 +61,7 @@ fn loopback_nets() -> Vec<IpNet> {
 }
 
 /// The mail protocol of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// POP3 (RFC 1939).
@@ -78,7 +80,7 @@ impl fmt::Display for Protocol {
 }
 
 /// Transport security of one side of a route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Security {
     /// Plain TCP.
@@ -101,7 +103,7 @@ impl fmt::Display for Security {
 }
 
 /// How postern logs in to the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamAuth {
     /// POP3 USER/PASS (RFC 1939).
@@ -139,10 +141,11 @@ impl fmt::Display for UpstreamAuth {
 }
 
 /// The listen side of a route: `127.0.0.1:3999` or a map.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenMap {
     /// The socket address to bind.
+    #[schemars(with = "super::schema::SocketAddrSchema")]
     pub address: SocketAddr,
     /// Listen-side security (`none` until listen-side TLS lands).
     #[serde(default = "security_none")]
@@ -217,7 +220,7 @@ impl<'de> Deserialize<'de> for Listen {
 }
 
 /// The upstream side of a route.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `host:port` of the real server; resolved afresh for every session.
@@ -260,7 +263,7 @@ pub enum Credentials {
 }
 
 /// `credentials: {accounts: [...], passthrough: false}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsConfig {
     /// The stored accounts.
@@ -272,7 +275,7 @@ pub struct AccountsConfig {
 }
 
 /// One stored account (`credentials.accounts[]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
     /// The login the client sends.
@@ -286,6 +289,7 @@ pub struct Account {
     pub local_password_file: Option<PathBuf>,
     /// Source addresses of a device that cannot log in (SMTP).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<super::schema::IpNetSchema>>")]
     pub sources: Option<Vec<IpNet>>,
     /// The login used upstream.
     pub upstream_user: String,

@@ -5,11 +5,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 /// `timeouts:` (top level or per route); durations like `30s`, `5m`, `500ms`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     /// Resolving and connecting to the upstream.
@@ -63,7 +64,7 @@ impl TimeoutsConfig {
 }
 
 /// `limits:` (top level or per route).
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// SMTP: the largest message in bytes.
