@@ -30,3 +30,22 @@ fn schema_prints_the_json_schema_of_the_configuration() {
     // What is printed is what the core crate's tests validate against.
     assert_eq!(printed, postern::config::json_schema().to_value());
 }
+
+/// The schema shipped next to the examples (what their modeline points an
+/// editor at) is the one `postern schema` prints: regenerate it with
+/// `cargo run -- schema > config/postern.schema.json` when the
+/// configuration types change.
+#[test]
+fn the_shipped_schema_file_is_current() {
+    let shipped = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/postern.schema.json"
+    ))
+    .expect("config/postern.schema.json");
+    let shipped: serde_json::Value = serde_json::from_slice(&shipped).expect("JSON");
+    assert_eq!(
+        shipped,
+        postern::config::json_schema().to_value(),
+        "config/postern.schema.json is stale: run `cargo run -- schema > config/postern.schema.json`"
+    );
+}
