@@ -24,6 +24,8 @@ use postern_smtp::Smtp;
 use tokio_util::sync::CancellationToken;
 
 pub use postern_core::limits::SHUTDOWN_GRACE;
+pub mod admin;
+
 pub use postern_core::{config, prepare};
 
 /// Why the gateway could not start.
@@ -36,6 +38,14 @@ pub enum StartError {
     /// A listen address could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The admin endpoint's address could not be bound.
+    #[error("admin endpoint: cannot listen on {address}: {source}")]
+    Admin {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A gateway: every route's listener, and the sessions they run. Cheap to
@@ -63,7 +73,21 @@ impl Gateway {
     /// settings; new routes start listening; removed ones stop accepting.
     /// Running sessions are never touched. On any problem nothing changes.
     pub async fn reload(&self, config: &Config) -> Result<Applied, StartError> {
-        self.apply(config).await
+        notify(&[sd_notify::NotifyState::Reloading]);
+        let result = self.apply(config).await;
+        postern_core::metrics::reload(result.is_ok(), unix_now());
+        notify(&[sd_notify::NotifyState::Ready]);
+        result
+    }
+
+    /// Whether every listener is serving (`/healthz`).
+    pub fn healthy(&self) -> bool {
+        self.server.healthy()
+    }
+
+    /// Whether new sessions are taken (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.server.ready()
     }
 
     async fn apply(&self, config: &Config) -> Result<Applied, StartError> {
@@ -140,16 +164,42 @@ fn listener_spec(config: &Config, route: PreparedRoute) -> ListenerSpec {
     }
 }
 
-/// Binds every route and serves until `shutdown` is cancelled; each
-/// message on `reloads` (a configuration read afresh, e.g. at SIGHUP) is
-/// applied, or refused with every problem logged while the running
-/// configuration keeps serving.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Tells systemd (`Type=notify`) what the service is doing; a no-op
+/// outside systemd.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Binds every route (and the admin endpoint, if configured) and serves
+/// until `shutdown` is cancelled; each message on `reloads` (a
+/// configuration read afresh, e.g. at SIGHUP) is applied, or refused with
+/// every problem logged while the running configuration keeps serving.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     mut reloads: tokio::sync::mpsc::Receiver<Result<Config, postern_core::config::ConfigError>>,
 ) -> Result<(), StartError> {
     let gateway = Gateway::bind(&config).await?;
+    postern_core::metrics::reload(true, unix_now());
+    if let Some(admin) = &config.admin {
+        let endpoint = admin::Admin::bind(admin)
+            .await
+            .map_err(|source| StartError::Admin {
+                address: admin.listen,
+                source,
+            })?;
+        tracing::info!(listen = %admin.listen, "admin endpoint: /healthz /readyz /metrics");
+        tokio::spawn(endpoint.serve(gateway.clone(), shutdown.clone()));
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
     let reloader = gateway.clone();
     tokio::spawn(async move {
         while let Some(next) = reloads.recv().await {
@@ -159,6 +209,11 @@ pub async fn run(
             };
             log_reload(&result);
         }
+    });
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        notify(&[sd_notify::NotifyState::Stopping]);
     });
     gateway.serve(shutdown, SHUTDOWN_GRACE).await;
     Ok(())

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod io;
 pub mod limits;
 pub mod login;
+pub mod metrics;
 pub mod prepare;
 pub mod proxy;
 pub mod sasl;

@@ -38,7 +38,7 @@ pub struct Config {
     /// Logging settings.
     #[serde(default)]
     pub log: LogConfig,
-    /// The admin endpoint (`/healthz`, `/metrics`). Parsed, not yet served.
+    /// The admin endpoint (`/healthz`, `/readyz`, `/metrics`); off unless set.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
     /// Deadlines for every route (each route may override).
@@ -95,9 +95,22 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Where the admin HTTP endpoint listens.
+    /// Where the admin HTTP endpoint (`/healthz`, `/readyz`, `/metrics`)
+    /// listens; keep it on loopback unless `allow:` says who may scrape it.
     #[schemars(with = "schema::SocketAddrSchema")]
     pub listen: SocketAddr,
+    /// Which addresses may use the endpoint. Absent: loopback only (and the
+    /// endpoint must then listen on loopback).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<schema::IpNetSchema>>")]
+    pub allow: Option<Vec<ipnet::IpNet>>,
+}
+
+impl AdminConfig {
+    /// The effective allow-list: the configured one, or loopback only.
+    pub fn allow_list(&self) -> Vec<ipnet::IpNet> {
+        self.allow.clone().unwrap_or_else(route::loopback_nets)
+    }
 }
 
 /// One problem found in a configuration file.

@@ -56,7 +56,7 @@ const LOOPBACK: [IpNet; 2] = [
     IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
 ];
 
-fn loopback_nets() -> Vec<IpNet> {
+pub(super) fn loopback_nets() -> Vec<IpNet> {
     LOOPBACK.to_vec()
 }
 

@@ -71,7 +71,7 @@ fn unknown_keys_are_refused_with_a_line() {
 fn every_problem_is_collected() {
     let p = problems(
         r#"
-admin: { listen: 127.0.0.1:9725 }
+admin: { listen: 0.0.0.0:9725 }
 routes:
   - name: "bad name!"
     protocol: pop3

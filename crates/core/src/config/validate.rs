@@ -32,11 +32,33 @@ impl Config {
                 ),
             );
         }
-        if self.admin.is_some() {
-            top(
-                "admin",
-                "the admin endpoint (/healthz, /metrics) is not available in this version; remove the `admin:` section".to_owned(),
-            );
+        if let Some(admin) = &self.admin {
+            if admin.allow.is_none() && !admin.listen.ip().is_loopback() {
+                top(
+                    "admin.listen",
+                    format!(
+                        "the admin endpoint would listen on {}, which other machines can reach, without an `allow:` list; \
+                         keep it on 127.0.0.1 or add `allow:` with the networks of your monitoring",
+                        admin.listen.ip()
+                    ),
+                );
+            }
+            if admin.allow.as_ref().is_some_and(Vec::is_empty) {
+                top(
+                    "admin.allow",
+                    "the `allow:` list is empty, so nothing could ever use the endpoint".to_owned(),
+                );
+            }
+            if self
+                .routes
+                .iter()
+                .any(|r| listens_overlap(r.listen.address(), admin.listen))
+            {
+                top(
+                    "admin.listen",
+                    format!("{} is also a route's listen address", admin.listen),
+                );
+            }
         }
         if self.routes.is_empty() {
             top(

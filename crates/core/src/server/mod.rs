@@ -230,6 +230,17 @@ impl Server {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether every listener is serving (none has stopped on its own).
+    pub fn healthy(&self) -> bool {
+        let running = self.lock_running();
+        !running.is_empty() && running.values().all(|r| !r.task.is_finished())
+    }
+
+    /// Whether new sessions are taken (false once shutdown began).
+    pub fn ready(&self) -> bool {
+        !self.sessions_stop.is_cancelled() && self.healthy()
+    }
+
     /// Route names and bound addresses (real ports when 0 was configured).
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         let running = self.lock_running();
@@ -246,6 +257,7 @@ impl Server {
     /// to finish before their connections are closed.
     pub async fn serve(&self, shutdown: CancellationToken, grace: Duration) {
         shutdown.cancelled().await;
+        self.sessions_stop.cancel();
         let loops: Vec<Running> = self.lock_running().drain().map(|(_, r)| r).collect();
         for r in &loops {
             r.stop.cancel();
@@ -253,7 +265,6 @@ impl Server {
         for r in loops {
             let _ = r.task.await;
         }
-        self.sessions_stop.cancel();
         self.tracker.close();
         if !self.tracker.is_empty() {
             tracing::info!(

@@ -31,6 +31,15 @@ impl RefusalKind {
         }
     }
 
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotAllowed => "allow_list",
+            Self::OverLimit => "session_limit",
+            Self::NoProxyHeader => "no_proxy_header",
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Self::NotAllowed => 0,
@@ -155,6 +164,7 @@ impl Refusals {
         client: SocketAddr,
         detail: Option<&dyn std::fmt::Display>,
     ) {
+        crate::metrics::refused(&self.route, kind.label());
         // A poisoned lock loses the aggregation, never the log line.
         let now = Instant::now();
         let alone = self.log.lock().map_or(true, |mut l| l.record(kind, now));

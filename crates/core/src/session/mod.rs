@@ -264,6 +264,7 @@ async fn serve<P: Protocol>(
     stop: CancellationToken,
 ) {
     let started = Instant::now();
+    crate::metrics::session_started(&route.name);
     let mut user = None;
     let end = match ClientSide::open(stream, &route.listen, &route.timeouts, stop).await {
         Err(closed) => SessionEnd::Closed(closed),
@@ -292,4 +293,5 @@ async fn serve<P: Protocol>(
         }
     };
     end.log(user.as_deref(), started, &route.address);
+    crate::metrics::session_ended(&route.name, &end, started.elapsed());
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use postern_core::config::UpstreamAuth;
 use postern_core::credentials::{ClientAuth, Refusal};
 use postern_core::limits;
+use postern_core::metrics::{self, LoginResult};
 use postern_core::session::{Closed, Route, Session, SessionEnd};
 use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 
@@ -33,7 +34,7 @@ pub(super) async fn attempt(
     let resolved = match route.credentials.resolve(credentials, s.peer.ip()) {
         Ok(r) => r,
         Err(refusal) => {
-            refused_locally(s, &name, refusal).await?;
+            refused_locally(&route.name, s, &name, refusal).await?;
             return Ok(None);
         }
     };
@@ -75,6 +76,7 @@ pub(super) async fn attempt(
     };
     match done {
         LoginDone::LoggedIn => {
+            metrics::login(&route.name, LoginResult::Accepted);
             apop_guard(true);
             if let Some(id) = account {
                 route.credentials.upstream_accepted(id);
@@ -85,6 +87,14 @@ pub(super) async fn attempt(
             Ok(Some(link))
         }
         LoginDone::Refused(code) => {
+            let result = match (account, code) {
+                (Some(_), _)
+                | (None, RespCode::InUse | RespCode::LoginDelay | RespCode::SysTemp) => {
+                    LoginResult::Temporary
+                }
+                _ => LoginResult::RefusedUpstream,
+            };
+            metrics::login(&route.name, result);
             apop_guard(false);
             tracing::warn!(user = ?name, code = ?code, stored = account.is_some(), "the upstream refused the login");
             let answer: &[u8] = match account {
@@ -129,8 +139,18 @@ async fn open(route: &Route<Pop3>) -> Result<(Link, Ready), UpstreamError> {
 }
 
 /// postern itself refused the credentials.
-async fn refused_locally(s: &mut Session, name: &str, refusal: Refusal) -> Result<(), SessionEnd> {
+async fn refused_locally(
+    route: &str,
+    s: &mut Session,
+    name: &str,
+    refusal: Refusal,
+) -> Result<(), SessionEnd> {
     tracing::warn!(user = ?name, %refusal, "login refused by postern");
+    let result = match refusal {
+        Refusal::BadCredentials | Refusal::AddressBlocked => LoginResult::RefusedLocally,
+        _ => LoginResult::Temporary,
+    };
+    metrics::login(route, result);
     let answer: &[u8] = match refusal {
         Refusal::BadCredentials => {
             // Slow down guessing; same delay whether or not the user exists.

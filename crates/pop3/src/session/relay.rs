@@ -5,12 +5,13 @@
 
 use std::borrow::Cow;
 
+use postern_core::metrics;
 use postern_core::session::{Route, Session, SessionEnd};
 use postern_core::upstream::{deadline, Link, UpstreamError};
 
 use super::{temporary, Pop3};
 use crate::proto::capa;
-use crate::proto::command::{self, Command, MAX_COMMAND_LINE};
+use crate::proto::command::{self, Command, Transaction, MAX_COMMAND_LINE};
 use crate::proto::framer::{CommandFramer, StatusFramer};
 use crate::proto::reply::{parse_status, sanitize_status, BodyEnd, Capabilities, Status};
 
@@ -35,7 +36,13 @@ pub(super) async fn transaction(
             Command::Transaction(tx) => {
                 cmd.clear();
                 tx.write_to(&mut cmd);
-                relay(route, s, up, &cmd, tx.multiline()).await?;
+                let body = match tx {
+                    Transaction::Retr(_) => Body::Message,
+                    Transaction::Top(..) => Body::Part,
+                    _ if tx.multiline() => Body::Listing,
+                    _ => Body::None,
+                };
+                relay(route, s, up, &cmd, body).await?;
                 continue;
             }
             Command::Capa => {
@@ -56,21 +63,40 @@ pub(super) async fn transaction(
     }
 }
 
+/// What follows a positive reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// A status line alone.
+    None,
+    /// A listing (LIST, UIDL without an argument).
+    Listing,
+    /// A whole message (RETR): counted as retrieved.
+    Message,
+    /// The top of a message (TOP).
+    Part,
+}
+
 /// Sends one command and relays its reply; a multi-line body is streamed.
 async fn relay(
     route: &Route<Pop3>,
     s: &mut Session,
     up: &mut Link,
     cmd: &[u8],
-    multiline: bool,
+    body: Body,
 ) -> Result<(), SessionEnd> {
     let status = match up.command(cmd, CommandFramer, "a command reply").await {
         Ok(status) => status,
         Err(e) => return Err(temporary(s, e).await),
     };
     s.client.write(&sanitize_status(&status)).await?;
-    if multiline && matches!(parse_status(&status), Some(Status::Ok(_))) {
-        relay_body(route, s, up).await?;
+    if body != Body::None && matches!(parse_status(&status), Some(Status::Ok(_))) {
+        let bytes = relay_body(route, s, up).await?;
+        if body != Body::Listing {
+            metrics::bytes(&route.name, "to_client", bytes);
+        }
+        if body == Body::Message {
+            metrics::message(&route.name, "retrieved");
+        }
     }
     Ok(())
 }
@@ -78,8 +104,14 @@ async fn relay(
 /// Streams a multi-line body to the client up to and including the
 /// server's own terminator. Nothing is collected: each chunk read is
 /// written on. If the server stops early the error closes the client.
-async fn relay_body(route: &Route<Pop3>, s: &mut Session, up: &mut Link) -> Result<(), SessionEnd> {
+/// Returns the bytes relayed.
+async fn relay_body(
+    route: &Route<Pop3>,
+    s: &mut Session,
+    up: &mut Link,
+) -> Result<u64, SessionEnd> {
     let mut end = BodyEnd::new();
+    let mut relayed = 0u64;
     let up = up.conn();
     loop {
         if up.buffered().is_empty() {
@@ -100,8 +132,9 @@ async fn relay_body(route: &Route<Pop3>, s: &mut Session, up: &mut Link) -> Resu
         };
         s.client.write(&chunk[..take]).await?;
         up.consume(take);
+        relayed += take as u64;
         if done {
-            return Ok(());
+            return Ok(relayed);
         }
     }
 }

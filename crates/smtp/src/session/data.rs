@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use postern_core::io::READ_BUFFER;
 use postern_core::limits::DATA_RATE_GRACE;
+use postern_core::metrics;
 use postern_core::session::{ClientSide, Closed, Route, Session, SessionEnd};
 use postern_core::upstream::{Link, Misbehaved, UpstreamError};
 
@@ -75,17 +76,24 @@ async fn answer(
     rcpts: u32,
     ms: u64,
 ) -> Result<Cow<'static, [u8]>, SessionEnd> {
+    let counted = |result: &str, bytes: u64| {
+        metrics::message(&route.name, result);
+        metrics::bytes(&route.name, "to_upstream", bytes);
+    };
     Ok(match outcome {
         Outcome::Relayed { reply, bytes } => {
+            counted(&format!("{}xx", reply.code() / 100), bytes);
             tracing::info!(rcpts, bytes, code = reply.code(), ms, "message relayed");
             Cow::Owned(reply.sanitized())
         }
         Outcome::UpstreamLost { error, bytes } => {
+            counted("lost", bytes);
             tracing::warn!(rcpts, bytes, ms, cause = %error, upstream = %route.address, "message NOT delivered: upstream lost during DATA");
             slot.lose(UPSTREAM_LOST);
             Cow::Borrowed(NOT_ACCEPTED)
         }
         Outcome::TooBig { bytes } => {
+            metrics::message(&route.name, "refused");
             tracing::warn!(
                 rcpts,
                 bytes,
@@ -98,6 +106,7 @@ async fn answer(
             Cow::Borrowed(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
         }
         Outcome::BareLineEnding { bytes } => {
+            metrics::message(&route.name, "refused");
             tracing::warn!(
                 rcpts,
                 bytes,

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use postern_core::credentials::{ClientAuth, Refusal, Resolved};
 use postern_core::limits;
+use postern_core::metrics::{self, LoginResult};
 use postern_core::session::{Closed, Route, Session, SessionEnd};
 use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 
@@ -81,7 +82,7 @@ impl Slot {
         let name = auth.user().to_owned();
         let resolved = match route.credentials.resolve(auth, s.peer.ip()) {
             Ok(r) => r,
-            Err(refusal) => return refused_locally(s, &name, refusal).await,
+            Err(refusal) => return refused_locally(&route.name, s, &name, refusal).await,
         };
         let stored = resolved.account;
         let done = match self.authenticate(route, s, resolved).await? {
@@ -116,6 +117,14 @@ impl Slot {
                 LoginOutcome::Rejected
             }
         };
+        metrics::login(
+            &route.name,
+            match outcome {
+                LoginOutcome::Accepted => LoginResult::Accepted,
+                LoginOutcome::TemporaryFailure => LoginResult::Temporary,
+                LoginOutcome::Rejected => LoginResult::RefusedUpstream,
+            },
+        );
         Ok(outcome)
     }
 
@@ -263,11 +272,17 @@ async fn connect(route: &Route<Smtp>) -> Result<(Link, Ready), UpstreamError> {
 
 /// postern itself refused the credentials.
 async fn refused_locally(
+    route: &str,
     s: &mut Session,
     name: &str,
     refusal: Refusal,
 ) -> Result<LoginOutcome, SessionEnd> {
     tracing::warn!(user = ?name, %refusal, "login refused by postern");
+    let result = match refusal {
+        Refusal::BadCredentials | Refusal::AddressBlocked => LoginResult::RefusedLocally,
+        _ => LoginResult::Temporary,
+    };
+    metrics::login(route, result);
     match refusal {
         Refusal::BadCredentials => {
             // Slow down guessing; same delay whether or not the user exists.
