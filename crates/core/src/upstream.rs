@@ -358,6 +358,11 @@ impl Link {
         &mut self.conn
     }
 
+    /// postern's own address on this connection.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.conn.stream().local_addr()
+    }
+
     /// The negotiated TLS version, for logs.
     pub fn tls_version(&self) -> Option<&'static str> {
         self.conn.stream().tls_version()

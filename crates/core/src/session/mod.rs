@@ -135,6 +135,70 @@ impl SessionEnd {
     }
 }
 
+/// What the last upstream session of a route learnt (POP3 CAPA, SMTP
+/// EHLO), for what postern answers before it has an upstream connection.
+#[derive(Debug)]
+pub struct Snapshot<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for Snapshot<T> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Snapshot<T> {
+    /// The last value learnt, if any.
+    pub fn get(&self) -> Option<T> {
+        self.0.lock().ok().and_then(|v| v.clone())
+    }
+
+    /// Records what a new upstream session learnt.
+    pub fn set(&self, value: Option<T>) {
+        if let Ok(mut v) = self.0.lock() {
+            *v = value;
+        }
+    }
+}
+
+/// What postern's own refusal of a login means for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalRefusal {
+    /// Wrong or unknown credentials (after the anti-guessing delay): the
+    /// client may try again.
+    BadCredentials,
+    /// The account is backing off after upstream refusals: a temporary error.
+    Temporary,
+    /// The client's address is blocked: say so and close.
+    Blocked,
+}
+
+/// Logs and counts a login postern refused itself; a bad password waits
+/// [`crate::limits::AUTH_FAILURE_DELAY`] first (the same for unknown users).
+pub async fn refuse_locally(
+    route: &str,
+    user: &str,
+    refusal: crate::credentials::Refusal,
+) -> LocalRefusal {
+    use crate::credentials::Refusal;
+    use crate::metrics::{login, LoginResult};
+    tracing::warn!(user = ?user, %refusal, "login refused by postern");
+    match refusal {
+        Refusal::BadCredentials => {
+            login(route, LoginResult::RefusedLocally);
+            tokio::time::sleep(crate::limits::AUTH_FAILURE_DELAY).await;
+            LocalRefusal::BadCredentials
+        }
+        Refusal::AddressBlocked => {
+            login(route, LoginResult::RefusedLocally);
+            LocalRefusal::Blocked
+        }
+        Refusal::AccountBackoff => {
+            login(route, LoginResult::Temporary);
+            LocalRefusal::Temporary
+        }
+    }
+}
+
 /// One protocol front end: its parser and machines live in its crate; this
 /// trait is all core needs to run its sessions.
 pub trait Protocol: Send + Sync + Sized + 'static {
@@ -206,9 +270,21 @@ impl<P: Protocol> Route<P> {
         }
     }
 
-    /// Opens a fresh upstream connection (resolve, connect, implicit TLS).
-    pub async fn connect(&self) -> Result<crate::upstream::Link, UpstreamError> {
-        crate::upstream::Link::connect(&self.address, &self.transport, &self.timeouts).await
+    /// Opens a fresh upstream connection (resolve, connect, implicit TLS)
+    /// and runs the protocol's connect machine on it (greeting, STARTTLS,
+    /// capabilities) until it is ready for a login. `machine` builds the
+    /// machine and its first step from the new link (SMTP names itself
+    /// after the link's local address).
+    pub async fn open<M: crate::upstream::Machine>(
+        &self,
+        machine: impl FnOnce(&crate::upstream::Link) -> (M, crate::upstream::Step<M::Done>),
+    ) -> Result<(crate::upstream::Link, M::Done), UpstreamError> {
+        let mut link =
+            crate::upstream::Link::connect(&self.address, &self.transport, &self.timeouts).await?;
+        let (mut m, first) = machine(&link);
+        let ready = crate::upstream::drive(&mut link, &mut m, first).await?;
+        tracing::debug!(tls = link.tls_version().unwrap_or("none"), "upstream ready");
+        Ok((link, ready))
     }
 }
 

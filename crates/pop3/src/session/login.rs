@@ -6,9 +6,8 @@ use std::time::Instant;
 
 use postern_core::config::UpstreamAuth;
 use postern_core::credentials::{ClientAuth, Refusal};
-use postern_core::limits;
 use postern_core::metrics::{self, LoginResult};
-use postern_core::session::{Closed, Route, Session, SessionEnd};
+use postern_core::session::{refuse_locally, Closed, LocalRefusal, Route, Session, SessionEnd};
 use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 
 use super::{temporary, Pending, Pop3};
@@ -116,11 +115,13 @@ pub(super) async fn attempt(
 
 /// Opens the upstream: connect, greeting (APOP timestamp), STLS, CAPA.
 async fn open(route: &Route<Pop3>) -> Result<(Link, Ready), UpstreamError> {
-    let mut link = route.connect().await?;
-    let mut machine = Connect::new(route.transport.security(), route.auth);
-    let first = machine.begin();
-    let ready = drive(&mut link, &mut machine, first).await?;
-    tracing::debug!(tls = link.tls_version().unwrap_or("none"), "upstream ready");
+    let (link, ready) = route
+        .open(|_| {
+            let m = Connect::new(route.transport.security(), route.auth);
+            let first = m.begin();
+            (m, first)
+        })
+        .await?;
     if let Some(ts) = ready.timestamp() {
         let fresh = route
             .extra
@@ -132,9 +133,7 @@ async fn open(route: &Route<Pop3>) -> Result<(Link, Ready), UpstreamError> {
             return Err(Misbehaved::RepeatedTimestamp.into());
         }
     }
-    if let Ok(mut snapshot) = route.extra.capabilities.lock() {
-        *snapshot = ready.capabilities().cloned();
-    }
+    route.extra.capabilities.set(ready.capabilities().cloned());
     Ok((link, ready))
 }
 
@@ -145,23 +144,13 @@ async fn refused_locally(
     name: &str,
     refusal: Refusal,
 ) -> Result<(), SessionEnd> {
-    tracing::warn!(user = ?name, %refusal, "login refused by postern");
-    let result = match refusal {
-        Refusal::BadCredentials | Refusal::AddressBlocked => LoginResult::RefusedLocally,
-        _ => LoginResult::Temporary,
-    };
-    metrics::login(route, result);
-    let answer: &[u8] = match refusal {
-        Refusal::BadCredentials => {
-            // Slow down guessing; same delay whether or not the user exists.
-            tokio::time::sleep(limits::AUTH_FAILURE_DELAY).await;
-            b"-ERR [AUTH] Authentication failed\r\n"
-        }
-        Refusal::AddressBlocked => {
+    let answer: &[u8] = match refuse_locally(route, name, refusal).await {
+        LocalRefusal::BadCredentials => b"-ERR [AUTH] Authentication failed\r\n",
+        LocalRefusal::Temporary => STORED_REFUSED,
+        LocalRefusal::Blocked => {
             let _ = s.client.write(BLOCKED).await;
             return Err(Closed::AddressBlocked.into());
         }
-        _ => STORED_REFUSED,
     };
     s.client.write(answer).await?;
     Ok(())

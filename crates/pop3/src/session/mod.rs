@@ -19,7 +19,7 @@ mod relay;
 use std::sync::Mutex;
 
 use postern_core::credentials::fresh_msg_id;
-use postern_core::session::{Closed, Protocol, Route, Session, SessionEnd};
+use postern_core::session::{Closed, Protocol, Route, Session, SessionEnd, Snapshot};
 use postern_core::upstream::{Link, UpstreamError};
 
 use crate::proto::apop::ApopGuard;
@@ -38,7 +38,7 @@ pub struct Pop3Extra {
     apop: Mutex<ApopGuard>,
     /// The upstream's capabilities as the last session saw them (the CAPA
     /// postern answers before login; conservative until the first login).
-    capabilities: Mutex<Option<Capabilities>>,
+    capabilities: Snapshot<Capabilities>,
 }
 
 const TEMP_FAILURE: &[u8] =
@@ -85,7 +85,7 @@ impl Protocol for Pop3 {
                 b"-ERR Protocol error: data sent before the greeting\r\n",
             )
             .await?;
-        let snapshot = route.extra.capabilities.lock().ok().and_then(|c| c.clone());
+        let snapshot = route.extra.capabilities.get();
         let mut auth = Authorization::new(
             snapshot,
             s.client.tls(),

@@ -18,11 +18,10 @@ mod data;
 mod upstream;
 
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 
 use postern_core::config::UpstreamAuth;
 use postern_core::credentials::{fresh_msg_id, Resolved};
-use postern_core::session::{Closed, Protocol, Route, Session, SessionEnd};
+use postern_core::session::{Closed, Protocol, Route, Session, SessionEnd, Snapshot};
 
 use crate::proto::client::{Action, ClientSession, LocalAuth};
 use crate::proto::ehlo::{Extensions, Policy};
@@ -47,7 +46,7 @@ pub struct Smtp;
 pub struct SmtpExtra {
     /// The upstream's extensions as the last session saw them (what EHLO
     /// advertises before the upstream is opened; conservative at first).
-    extensions: Mutex<Option<Extensions>>,
+    extensions: Snapshot<Extensions>,
 }
 
 impl Protocol for Smtp {
@@ -123,13 +122,7 @@ impl Protocol for Smtp {
 
 /// The client-facing machine for this session.
 fn client_session(route: &Route<Smtp>, s: &Session, device: bool) -> ClientSession {
-    let snapshot = route
-        .extra
-        .extensions
-        .lock()
-        .ok()
-        .and_then(|e| e.clone())
-        .unwrap_or_default();
+    let snapshot = route.extra.extensions.get().unwrap_or_default();
     let policy = Policy {
         max_size: route.limits.message_size,
         max_recipients: route.limits.max_recipients,

@@ -5,9 +5,8 @@
 use std::net::IpAddr;
 
 use postern_core::credentials::{ClientAuth, Refusal, Resolved};
-use postern_core::limits;
 use postern_core::metrics::{self, LoginResult};
-use postern_core::session::{Closed, Route, Session, SessionEnd};
+use postern_core::session::{refuse_locally, Closed, LocalRefusal, Route, Session, SessionEnd};
 use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 
 use super::{Smtp, BLOCKED, DEVICE_REFUSED, HOSTNAME, UPSTREAM_LOST};
@@ -254,19 +253,20 @@ async fn open(route: &Route<Smtp>, s: &mut Session) -> Result<(Link, Ready), Ses
 }
 
 async fn connect(route: &Route<Smtp>) -> Result<(Link, Ready), UpstreamError> {
-    let mut link = route.connect().await?;
-    let ehlo_name = match link.conn().stream().local_addr().map(|a| a.ip()) {
-        Ok(IpAddr::V4(ip)) => format!("[{ip}]"),
-        Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
-        Err(_) => HOSTNAME.to_owned(),
-    };
-    let mut machine = Connect::new(route.transport.security(), route.auth, ehlo_name);
-    let first = machine.begin();
-    let ready = drive(&mut link, &mut machine, first).await?;
-    tracing::debug!(tls = link.tls_version().unwrap_or("none"), "upstream ready");
-    if let Ok(mut snapshot) = route.extra.extensions.lock() {
-        *snapshot = Some(ready.extensions().clone());
-    }
+    let (link, ready) = route
+        .open(|link| {
+            // EHLO names postern by the address literal of its own socket.
+            let name = match link.local_addr().map(|a| a.ip()) {
+                Ok(IpAddr::V4(ip)) => format!("[{ip}]"),
+                Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
+                Err(_) => HOSTNAME.to_owned(),
+            };
+            let m = Connect::new(route.transport.security(), route.auth, name);
+            let first = m.begin();
+            (m, first)
+        })
+        .await?;
+    route.extra.extensions.set(Some(ready.extensions().clone()));
     Ok((link, ready))
 }
 
@@ -277,22 +277,12 @@ async fn refused_locally(
     name: &str,
     refusal: Refusal,
 ) -> Result<LoginOutcome, SessionEnd> {
-    tracing::warn!(user = ?name, %refusal, "login refused by postern");
-    let result = match refusal {
-        Refusal::BadCredentials | Refusal::AddressBlocked => LoginResult::RefusedLocally,
-        _ => LoginResult::Temporary,
-    };
-    metrics::login(route, result);
-    match refusal {
-        Refusal::BadCredentials => {
-            // Slow down guessing; same delay whether or not the user exists.
-            tokio::time::sleep(limits::AUTH_FAILURE_DELAY).await;
-            Ok(LoginOutcome::Rejected)
-        }
-        Refusal::AddressBlocked => {
+    match refuse_locally(route, name, refusal).await {
+        LocalRefusal::BadCredentials => Ok(LoginOutcome::Rejected),
+        LocalRefusal::Temporary => Ok(LoginOutcome::TemporaryFailure),
+        LocalRefusal::Blocked => {
             let _ = s.client.write(BLOCKED).await;
             Err(Closed::AddressBlocked.into())
         }
-        _ => Ok(LoginOutcome::TemporaryFailure),
     }
 }
