@@ -26,6 +26,9 @@ enum Command {
         /// Write the process id here (for `postern reload` and init systems).
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Log line format, overriding `log.format` in the file.
+        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+        log_format: Option<String>,
     },
     /// Ask a running gateway to reload its configuration (sends SIGHUP to
     /// the process named in its pid file). The new file is checked first.
@@ -95,7 +98,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, pid_file } => run(config, pid_file),
+        Command::Run {
+            config,
+            pid_file,
+            log_format,
+        } => run(config, pid_file, log_format.as_deref()),
         Command::Reload { pid_file, config } => reload(&pid_file, config),
         Command::Schema => match postern::config::json_schema_text() {
             Ok(text) => {
@@ -110,7 +117,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&str>) -> ExitCode {
     let path = match find_config(config) {
         Ok(p) => p,
         Err(e) => {
@@ -125,7 +132,13 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    postern::init_logging(&config.log);
+    let mut log = config.log.clone();
+    match log_format {
+        Some("json") => log.format = postern::config::LogFormat::Json,
+        Some(_) => log.format = postern::config::LogFormat::Text,
+        None => {}
+    }
+    postern::init_logging(&log);
     if let Some(pid_file) = &pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
             eprintln!(

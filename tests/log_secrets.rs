@@ -180,6 +180,33 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     gw.stop().await;
 
     let log = String::from_utf8_lossy(&capture.0.lock().expect("lock")).into_owned();
+    // One summary line per session: outcome, upstream, auth, TLS on each
+    // side (version and cipher suite), messages and bytes, duration.
+    let summaries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session ended"))
+        .collect();
+    assert!(
+        summaries.len() >= 8,
+        "{} summary lines:\n{log}",
+        summaries.len()
+    );
+    for want in [
+        "outcome=\"quit\"",
+        "upstream_tls=\"TLSv1_3 TLS13_",
+        "client_tls=\"none\"",
+        "auth=cram-md5",
+        "messages=1 ",
+        "bytes_to_client=",
+        "bytes_to_upstream=",
+        "ms=",
+    ] {
+        assert!(
+            summaries.iter().any(|l| l.contains(want)),
+            "no summary line with {want:?}:\n{}",
+            summaries.join("\n")
+        );
+    }
     assert!(
         !log.contains('\u{2028}'),
         "a raw U+2028 from a client reached the log"

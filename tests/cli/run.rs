@@ -278,3 +278,67 @@ fn refused_connections_are_counted_not_logged_one_by_one() {
     );
     assert!(log.lines().count() < 10, "{log}");
 }
+
+/// `--log-format json` overrides the file: every line on stderr is one
+/// JSON object, the end-of-session summary included.
+#[cfg(unix)]
+#[test]
+fn log_format_json_from_the_command_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = TempDir::new("postern-cli-json");
+    let file = dir.write(
+        "p.yaml",
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
+            .listen(loopback(port))
+            .auth("user")
+            .yaml(),
+    );
+    let child = postern()
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("postern did not listen: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("greeting");
+    (&stream).write_all(b"QUIT\r\n").expect("quit");
+    line.clear();
+    reader.read_line(&mut line).expect("bye");
+    drop(reader);
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(200));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let mut summary = false;
+    for l in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        if v["fields"]["message"] == "session ended" {
+            assert_eq!(v["fields"]["outcome"], "quit", "{l}");
+            summary = true;
+        }
+    }
+    assert!(summary, "no JSON session summary in:\n{log}");
+}

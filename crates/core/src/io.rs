@@ -64,6 +64,21 @@ impl Stream {
         };
         v.and_then(|v| v.as_str())
     }
+
+    /// The negotiated TLS version and cipher suite (`TLSv1_3
+    /// TLS13_AES_256_GCM_SHA384`), for the end-of-session line.
+    pub fn tls_description(&self) -> Option<String> {
+        let suite = match self {
+            Stream::Tcp(_) | Stream::Detached => return None,
+            Stream::TlsClient(s) => s.get_ref().1.negotiated_cipher_suite(),
+            Stream::TlsServer(s) => s.get_ref().1.negotiated_cipher_suite(),
+        };
+        let version = self.tls_version().unwrap_or("TLS");
+        Some(match suite.and_then(|s| s.suite().as_str()) {
+            Some(name) => format!("{version} {name}"),
+            None => version.to_owned(),
+        })
+    }
 }
 
 impl AsyncRead for Stream {

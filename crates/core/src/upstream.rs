@@ -363,6 +363,11 @@ impl Link {
         self.conn.stream().local_addr()
     }
 
+    /// The negotiated TLS version and cipher suite, for logs.
+    pub fn tls_description(&self) -> Option<String> {
+        self.conn.stream().tls_description()
+    }
+
     /// The negotiated TLS version, for logs.
     pub fn tls_version(&self) -> Option<&'static str> {
         self.conn.stream().tls_version()

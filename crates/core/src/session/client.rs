@@ -58,6 +58,11 @@ impl ClientSide {
         }
     }
 
+    /// The client side's TLS version and cipher suite, if encrypted.
+    pub fn tls_description(&self) -> Option<String> {
+        self.conn.stream().tls_description()
+    }
+
     /// The connection, for streaming message data.
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn

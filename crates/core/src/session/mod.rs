@@ -114,25 +114,77 @@ impl From<Closed> for SessionEnd {
 }
 
 impl SessionEnd {
-    /// Logs the end of a session (inside the session's span: route, client).
-    /// The user name is client-chosen: logged quoted and escaped.
-    pub fn log(&self, user: Option<&str>, started: Instant, upstream: &HostPort) {
-        let ms = started.elapsed().as_millis() as u64;
-        let user = user.unwrap_or("-");
+    /// The outcome word of the end-of-session line.
+    fn outcome(&self) -> &'static str {
         match self {
-            SessionEnd::Quit => tracing::info!(user = ?user, ms, "session ended with QUIT"),
-            SessionEnd::Closed(why) => {
-                tracing::info!(user = ?user, ms, why = %why, "session closed")
-            }
-            SessionEnd::Upstream(e) => tracing::warn!(
-                user = ?user,
-                ms,
-                %upstream,
-                cause = %e,
-                "session failed on the upstream side"
-            ),
+            SessionEnd::Quit => "quit",
+            SessionEnd::Closed(_) => "closed",
+            SessionEnd::Upstream(_) => "upstream failed",
         }
     }
+
+    /// Logs the one summary line of a session (inside the session's span:
+    /// route, client). Client-chosen strings are logged quoted and escaped.
+    pub fn log(&self, s: &Summary<'_>) {
+        let ms = s.started.elapsed().as_millis() as u64;
+        let user = s.user.unwrap_or("-");
+        let client_tls = s.client_tls.as_deref().unwrap_or("none");
+        let stats = s.stats;
+        let upstream_tls = stats.upstream_tls.as_deref().unwrap_or("none");
+        macro_rules! line {
+            ($level:ident, $($why:tt)*) => {
+                tracing::$level!(
+                    outcome = self.outcome(),
+                    $($why)*
+                    user = ?user,
+                    upstream = %s.upstream,
+                    auth = %s.auth,
+                    client_tls,
+                    upstream_tls,
+                    messages = stats.messages,
+                    bytes_to_client = stats.bytes_to_client,
+                    bytes_to_upstream = stats.bytes_to_upstream,
+                    ms,
+                    "session ended"
+                )
+            };
+        }
+        match self {
+            SessionEnd::Quit => line!(info,),
+            SessionEnd::Closed(why) => line!(info, why = %why,),
+            SessionEnd::Upstream(e) => line!(warn, cause = %e,),
+        }
+    }
+}
+
+/// What a session did, as the front end counts it.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// The upstream connection's TLS version and cipher suite.
+    pub upstream_tls: Option<String>,
+    /// Messages retrieved (POP3 RETR) or relayed (SMTP, whatever the reply).
+    pub messages: u64,
+    /// Message bytes relayed to the client (RETR, TOP).
+    pub bytes_to_client: u64,
+    /// Message bytes relayed to the upstream (DATA).
+    pub bytes_to_upstream: u64,
+}
+
+/// Everything the end-of-session line says.
+#[derive(Debug)]
+pub struct Summary<'a> {
+    /// When the connection was accepted.
+    pub started: Instant,
+    /// Who logged in.
+    pub user: Option<&'a str>,
+    /// The route's upstream.
+    pub upstream: &'a HostPort,
+    /// The route's upstream login method.
+    pub auth: crate::config::UpstreamAuth,
+    /// The client side's TLS.
+    pub client_tls: Option<String>,
+    /// What the session did.
+    pub stats: &'a SessionStats,
 }
 
 /// What the last upstream session of a route learnt (POP3 CAPA, SMTP
@@ -297,6 +349,8 @@ pub struct Session {
     pub peer: SocketAddr,
     /// Who logged in (for the final log line).
     pub user: Option<String>,
+    /// What the session did (for the final log line).
+    pub stats: SessionStats,
 }
 
 /// A prepared route, as the listener runs it.
@@ -341,33 +395,45 @@ async fn serve<P: Protocol>(
 ) {
     let started = Instant::now();
     crate::metrics::session_started(&route.name);
-    let mut user = None;
-    let end = match ClientSide::open(stream, &route.listen, &route.timeouts, stop).await {
-        Err(closed) => SessionEnd::Closed(closed),
+    let (end, session) = match ClientSide::open(stream, &route.listen, &route.timeouts, stop).await
+    {
+        Err(closed) => (SessionEnd::Closed(closed), None),
         Ok(client) => {
             let mut session = Session {
                 client,
                 peer,
                 user: None,
+                stats: SessionStats::default(),
             };
-            let end = if route.credentials.address_blocked(peer.ip()) {
-                let _ = session.client.write(P::blocked()).await;
-                SessionEnd::Closed(Closed::AddressBlocked)
-            } else {
-                match P::run(&route, &mut session).await {
-                    Ok(()) => SessionEnd::Quit,
-                    Err(SessionEnd::Closed(Closed::ShuttingDown)) => {
-                        let _ = session.client.write(P::shutting_down()).await;
-                        SessionEnd::Closed(Closed::ShuttingDown)
-                    }
-                    Err(end) => end,
-                }
-            };
+            let end = run::<P>(&route, &mut session).await;
             session.client.shutdown().await;
-            user = session.user;
-            end
+            (end, Some(session))
         }
     };
-    end.log(user.as_deref(), started, &route.address);
+    let none = SessionStats::default();
+    end.log(&Summary {
+        started,
+        user: session.as_ref().and_then(|s| s.user.as_deref()),
+        upstream: &route.address,
+        auth: route.auth,
+        client_tls: session.as_ref().and_then(|s| s.client.tls_description()),
+        stats: session.as_ref().map_or(&none, |s| &s.stats),
+    });
     crate::metrics::session_ended(&route.name, &end, started.elapsed());
+}
+
+/// The protocol's part of a session, and the goodbyes core owes the client.
+async fn run<P: Protocol>(route: &Route<P>, session: &mut Session) -> SessionEnd {
+    if route.credentials.address_blocked(session.peer.ip()) {
+        let _ = session.client.write(P::blocked()).await;
+        return SessionEnd::Closed(Closed::AddressBlocked);
+    }
+    match P::run(route, session).await {
+        Ok(()) => SessionEnd::Quit,
+        Err(SessionEnd::Closed(Closed::ShuttingDown)) => {
+            let _ = session.client.write(P::shutting_down()).await;
+            SessionEnd::Closed(Closed::ShuttingDown)
+        }
+        Err(end) => end,
+    }
 }

@@ -58,6 +58,7 @@ pub(super) async fn attempt(
             Err(e) => return Err(temporary(s, e).await),
         },
     };
+    s.stats.upstream_tls = link.tls_description();
     let (mut machine, first) = ready.login(resolved.upstream);
     let done = match drive(&mut link, &mut machine, first).await {
         Ok(d) => d,

@@ -93,9 +93,11 @@ async fn relay(
         let bytes = relay_body(route, s, up).await?;
         if body != Body::Listing {
             metrics::bytes(&route.name, "to_client", bytes);
+            s.stats.bytes_to_client += bytes;
         }
         if body == Body::Message {
             metrics::message(&route.name, "retrieved");
+            s.stats.messages += 1;
         }
     }
     Ok(())

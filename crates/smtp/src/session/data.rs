@@ -76,9 +76,11 @@ async fn answer(
     rcpts: u32,
     ms: u64,
 ) -> Result<Cow<'static, [u8]>, SessionEnd> {
-    let counted = |result: &str, bytes: u64| {
+    let mut counted = |result: &str, bytes: u64| {
         metrics::message(&route.name, result);
         metrics::bytes(&route.name, "to_upstream", bytes);
+        s.stats.messages += 1;
+        s.stats.bytes_to_upstream += bytes;
     };
     Ok(match outcome {
         Outcome::Relayed { reply, bytes } => {

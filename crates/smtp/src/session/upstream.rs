@@ -239,7 +239,10 @@ impl Slot {
 /// to the client (a security failure as such).
 async fn open(route: &Route<Smtp>, s: &mut Session) -> Result<(Link, Ready), SessionEnd> {
     match connect(route).await {
-        Ok(open) => Ok(open),
+        Ok(open) => {
+            s.stats.upstream_tls = open.0.tls_description();
+            Ok(open)
+        }
         Err(e) => {
             let msg: &[u8] = if e.is_tls() {
                 b"421 4.7.0 postern: no secure connection to the mail server is possible; try again later\r\n"
