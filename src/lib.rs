@@ -127,6 +127,47 @@ impl Gateway {
     }
 }
 
+/// `postern probe`: every route (or the one named), connected exactly as a
+/// session would; `login` also logs in with the route's first stored
+/// account. Files are read as `check` and `run` read them.
+pub async fn probe(
+    config: &Config,
+    only: Option<&str>,
+    login: bool,
+) -> Result<Vec<postern_core::probe::Probe>, StartError> {
+    use postern_core::session::Protocol as _;
+    let prepared = prepare(config)?;
+    let mut out = Vec::new();
+    for route in prepared.routes {
+        if only.is_some_and(|name| name != route.config.name) {
+            continue;
+        }
+        let c = route.config.clone();
+        let limits = config.limits.resolve(&c.limits);
+        let credentials = login.then(|| route.credentials.probe_login()).flatten();
+        let mut report = match c.protocol {
+            Protocol::Pop3 => {
+                let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::POP3);
+                let r = SessionRoute::<Pop3>::new(route, timeouts, limits);
+                Pop3::probe(&r, credentials.clone()).await
+            }
+            Protocol::Smtp => {
+                let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::SMTP);
+                let r = SessionRoute::<Smtp>::new(route, timeouts, limits);
+                Smtp::probe(&r, credentials.clone()).await
+            }
+        };
+        if login && credentials.is_none() {
+            report.login = Some(
+                "not tried: passthrough routes store no credentials (clients bring their own)"
+                    .to_owned(),
+            );
+        }
+        out.push(report);
+    }
+    Ok(out)
+}
+
 fn total_sessions(config: &Config) -> usize {
     config.limits.resolve(&Default::default()).total_sessions
 }

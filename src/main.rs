@@ -30,6 +30,22 @@ enum Command {
         #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
         log_format: Option<String>,
     },
+    /// Connect to each route's upstream exactly as a session would and say
+    /// whether the route will work (TLS, certificate, capabilities, the
+    /// route's login method). No credential is sent unless --login.
+    Probe {
+        /// Configuration file (default: postern.yaml, then config/postern.yaml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Only this route.
+        route: Option<String>,
+        /// Also log in with the route's first stored account, then QUIT.
+        #[arg(long)]
+        login: bool,
+        /// One JSON object per route (an array), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a running gateway to reload its configuration (sends SIGHUP to
     /// the process named in its pid file). The new file is checked first.
     Reload {
@@ -104,6 +120,12 @@ fn main() -> ExitCode {
             log_format,
         } => run(config, pid_file, log_format.as_deref()),
         Command::Reload { pid_file, config } => reload(&pid_file, config),
+        Command::Probe {
+            config,
+            route,
+            login,
+            json,
+        } => probe(config, route.as_deref(), login, json),
         Command::Schema => match postern::config::json_schema_text() {
             Ok(text) => {
                 println!("{text}");
@@ -175,6 +197,61 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
         let _ = std::fs::remove_file(pid_file);
     }
     code
+}
+
+/// `postern probe`: exit 0 when every probed route will work.
+fn probe(config: Option<PathBuf>, route: Option<&str>, login: bool, json: bool) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(name) = route {
+        if !config.routes.iter().any(|r| r.name == name) {
+            eprintln!("postern: no route named {name:?} in the configuration");
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reports = match runtime.block_on(postern::probe(&config, route, login)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let items: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["will_work"] = r.will_work().into();
+                v["verdict"] = r.verdict().into();
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(items));
+    } else {
+        for r in &reports {
+            print!("{}", r.to_text());
+        }
+    }
+    if reports.iter().all(|r| r.will_work()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// `postern reload`: check the file, then SIGHUP the running process.

@@ -353,6 +353,15 @@ impl CredentialSource {
         })))
     }
 
+    /// The first stored account's upstream login (`postern probe --login`);
+    /// `None` on a passthrough route, which stores no credentials.
+    pub fn probe_login(&self) -> Option<Login> {
+        match self {
+            Self::Passthrough => None,
+            Self::Accounts(a) => a.accounts.first().map(|x| x.upstream.clone()),
+        }
+    }
+
     /// Whether clients may log in at all (passthrough, or a local account).
     pub fn offers_login(&self) -> bool {
         match self {

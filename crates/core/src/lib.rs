@@ -10,6 +10,7 @@ pub mod limits;
 pub mod login;
 pub mod metrics;
 pub mod prepare;
+pub mod probe;
 pub mod proxy;
 pub mod sasl;
 pub mod secret;

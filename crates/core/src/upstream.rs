@@ -363,6 +363,16 @@ impl Link {
         self.conn.stream().local_addr()
     }
 
+    /// The negotiated TLS and the server's certificate (`postern probe`).
+    pub fn tls_info(&self) -> Option<crate::probe::TlsInfo> {
+        match self.conn.stream() {
+            Stream::TlsClient(s) => {
+                crate::probe::TlsInfo::of(s.get_ref().1, self.tls_description()?)
+            }
+            _ => None,
+        }
+    }
+
     /// The negotiated TLS version and cipher suite, for logs.
     pub fn tls_description(&self) -> Option<String> {
         self.conn.stream().tls_description()

@@ -269,6 +269,12 @@ pub trait Protocol: Send + Sync + Sized + 'static {
     /// Written to a client waiting for its next command when the gateway
     /// shuts down.
     fn shutting_down() -> &'static [u8];
+    /// Connects to the route's upstream as a session would and reports what
+    /// it offers (`postern probe`); logs in with `login` if given, then QUITs.
+    fn probe(
+        route: &Route<Self>,
+        login: Option<crate::login::Login>,
+    ) -> impl std::future::Future<Output = crate::probe::Probe> + Send;
     /// Runs one session after the client side is open: greet, log in,
     /// relay. `Ok(())` means the client quit.
     fn run(
@@ -320,6 +326,17 @@ impl<P: Protocol> Route<P> {
             timeouts,
             limits,
         }
+    }
+
+    /// An empty probe report for this route.
+    pub fn probe_report(&self) -> crate::probe::Probe {
+        crate::probe::Probe::new(
+            &self.name,
+            P::NAME,
+            &self.address.to_string(),
+            &self.transport.security().to_string(),
+            &self.auth.to_string(),
+        )
     }
 
     /// Opens a fresh upstream connection (resolve, connect, implicit TLS)

@@ -169,3 +169,60 @@ fn refusal_for(code: RespCode) -> &'static [u8] {
         _ => b"-ERR [AUTH] Authentication failed\r\n",
     }
 }
+
+/// `postern probe`: connect exactly as a session would, report what the
+/// upstream offers, log in only when asked (then QUIT).
+pub(super) async fn probe(
+    route: &Route<Pop3>,
+    credentials: Option<postern_core::login::Login>,
+) -> postern_core::probe::Probe {
+    let mut p = route.probe_report();
+    let (mut link, ready) = match route
+        .open(|_| {
+            let m = Connect::new(route.transport.security(), route.auth);
+            let first = m.begin();
+            (m, first)
+        })
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            p.problems.push(e.to_string());
+            return p;
+        }
+    };
+    p.tls = link.tls_info();
+    p.check_certificate();
+    if route.auth == UpstreamAuth::Apop {
+        p.apop_timestamp = Some(ready.timestamp().is_some());
+    }
+    p.capabilities = ready
+        .capabilities()
+        .map(|c| {
+            c.lines()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ready.capabilities().is_none() {
+        p.warnings
+            .push("the server does not answer CAPA (TOP and UIDL are unknown)".to_owned());
+    }
+    if let Some(login) = credentials {
+        let (mut machine, first) = ready.login(login);
+        p.login = Some(match drive(&mut link, &mut machine, first).await {
+            Ok(LoginDone::LoggedIn) => "accepted".to_owned(),
+            Ok(LoginDone::Refused(code)) => {
+                p.problems
+                    .push("the server refused the stored account's login".to_owned());
+                format!("refused ({code:?})")
+            }
+            Err(e) => {
+                p.problems.push(e.to_string());
+                "failed".to_owned()
+            }
+        });
+    }
+    link.goodbye(b"QUIT\r\n").await;
+    p
+}

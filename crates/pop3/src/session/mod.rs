@@ -68,6 +68,13 @@ impl Protocol for Pop3 {
         login::BLOCKED
     }
 
+    async fn probe(
+        route: &Route<Pop3>,
+        login: Option<postern_core::login::Login>,
+    ) -> postern_core::probe::Probe {
+        login::probe(route, login).await
+    }
+
     async fn run(route: &Route<Pop3>, s: &mut Session) -> Result<(), SessionEnd> {
         // With local secrets postern is an APOP server itself: its greeting
         // carries a fresh msg-id timestamp (RFC 1939 §7).

@@ -43,6 +43,11 @@ impl Extensions {
         })
     }
 
+    /// The keyword lines as sent (`SIZE 1000`, `AUTH PLAIN LOGIN`).
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.lines.iter().map(Vec::as_slice)
+    }
+
     /// Whether a keyword is listed.
     pub fn has(&self, keyword: &str) -> bool {
         self.find(keyword).is_some()

@@ -73,6 +73,13 @@ impl Protocol for Smtp {
         BLOCKED
     }
 
+    async fn probe(
+        route: &Route<Smtp>,
+        login: Option<postern_core::login::Login>,
+    ) -> postern_core::probe::Probe {
+        upstream::probe(route, login).await
+    }
+
     async fn run(route: &Route<Smtp>, s: &mut Session) -> Result<(), SessionEnd> {
         // A device identified by its address uses its stored account; one
         // in backoff after upstream refusals is told so at once.

@@ -289,3 +289,47 @@ async fn refused_locally(
         }
     }
 }
+
+/// `postern probe`: connect exactly as a session would, report what the
+/// upstream offers, log in only when asked (then QUIT).
+pub(super) async fn probe(
+    route: &Route<Smtp>,
+    credentials: Option<postern_core::login::Login>,
+) -> postern_core::probe::Probe {
+    let mut p = route.probe_report();
+    let (mut link, ready) = match connect(route).await {
+        Ok(x) => x,
+        Err(e) => {
+            p.problems.push(e.to_string());
+            return p;
+        }
+    };
+    p.tls = link.tls_info();
+    p.check_certificate();
+    p.capabilities = ready
+        .extensions()
+        .lines()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    if let Some(login) = credentials {
+        p.login = Some(match ready.login(login) {
+            None => "not tried: the route does not log in upstream (auth: none)".to_owned(),
+            Some((mut machine, first)) => match drive(&mut link, &mut machine, first).await {
+                Ok(LoginDone::Authenticated) => "accepted".to_owned(),
+                Ok(LoginDone::Refused(reply)) => {
+                    p.problems.push(format!(
+                        "the server refused the stored account's login: {}",
+                        reply.summary()
+                    ));
+                    "refused".to_owned()
+                }
+                Err(e) => {
+                    p.problems.push(e.to_string());
+                    "failed".to_owned()
+                }
+            },
+        });
+    }
+    link.goodbye(b"QUIT\r\n").await;
+    p
+}
