@@ -246,7 +246,11 @@ pub async fn run(
         while let Some(next) = reloads.recv().await {
             let result = match next {
                 Ok(config) => reloader.reload(&config).await,
-                Err(e) => Err(StartError::Config(e)),
+                Err(e) => {
+                    // A file that does not even parse is a refused reload too.
+                    postern_core::metrics::reload(false, unix_now());
+                    Err(StartError::Config(e))
+                }
             };
             log_reload(&result);
         }

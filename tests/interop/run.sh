@@ -149,6 +149,7 @@ run_postern_checks() {
   done
   postern_start "${ports[@]}"
   for suite in "${SUITES[@]}"; do "${suite}_checks"; done
+  postern_probe_config
   for suite in "${SUITES[@]}"; do
     mapfile -t more < <("${suite}_secrets")
     secrets+=("${more[@]}")

@@ -51,6 +51,33 @@ postern_check_config() {
   fi
 }
 
+# postern_probe_config: `postern probe --login --json` against the real
+# servers must find every route working, with TLS details for every route
+# whose upstream side is TLS or STARTTLS, and stored logins accepted.
+postern_probe_config() {
+  local out="$RUN_DIR/postern-probe.json" err="$RUN_DIR/postern-probe.err" verdict
+  if ! "$POSTERN_BIN" probe --login --json -c "$POSTERN_CONF" >"$out" 2>"$err"; then
+    fail "postern/probe: every route will work against Dovecot and Postfix" "$(head -c 600 "$out" "$err")"
+    dump_file "postern probe output" "$out"
+    return
+  fi
+  verdict=$(python3 - "$out" <<'PY'
+import json, sys
+reports = json.load(open(sys.argv[1]))
+bad = [r["route"] + ": " + r["verdict"] for r in reports if not r["will_work"]]
+bad += [r["route"] + ": no TLS details" for r in reports if r["security"] != "none" and not r.get("tls")]
+bad += [r["route"] + ": login " + str(r["login"]) for r in reports
+        if r.get("login") and r["login"] != "accepted" and not r["login"].startswith("not tried")]
+logins = sum(1 for r in reports if r.get("login") == "accepted")
+print("BAD " + "; ".join(bad) if bad else f"{len(reports)} routes, {logins} stored logins accepted")
+PY
+)
+  case $verdict in
+    BAD*) fail "postern/probe: every route will work against Dovecot and Postfix" "$verdict" ;;
+    *) pass "postern/probe: every route will work against Dovecot and Postfix ($verdict)" ;;
+  esac
+}
+
 # postern_start PORT...: run in the background, wait for every listen port.
 postern_start() {
   POSTERN_LOG="$RUN_DIR/postern.log"
