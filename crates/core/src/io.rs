@@ -353,6 +353,7 @@ impl Conn {
             return Err(UpgradeError::AlreadyTls);
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+        let started = std::time::Instant::now();
         let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(r) => r.map_err(UpgradeError::Handshake)?,
             Err(_) => {
@@ -362,6 +363,7 @@ impl Conn {
                 )))
             }
         };
+        crate::metrics::tls_handshake("client", started.elapsed());
         self.stream = Stream::TlsServer(Box::new(tls));
         self.buf.clear();
         self.start = 0;

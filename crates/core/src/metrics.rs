@@ -55,6 +55,17 @@ pub struct Metrics {
     refused: Family<RouteKind, Counter>,
     reloads: Family<ResultLabel, Counter>,
     last_reload: Gauge<f64, AtomicU64>,
+    handshakes: Family<SideLabel, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabel {
+    side: String,
+}
+
+fn handshake_histogram() -> Histogram {
+    // 1 ms … ~4 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 13))
 }
 
 fn seconds_histogram() -> Histogram {
@@ -76,6 +87,7 @@ impl Metrics {
             refused: Family::default(),
             reloads: Family::default(),
             last_reload: Gauge::default(),
+            handshakes: Family::new_with_constructor(handshake_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -127,6 +139,11 @@ impl Metrics {
             "config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded or reloaded successfully (Unix time)",
             m.last_reload.clone(),
+        );
+        registry.register(
+            "tls_handshake_duration_seconds",
+            "TLS handshakes that completed, by side (client: postern's listeners; upstream: postern as a client)",
+            m.handshakes.clone(),
         );
         let build: Family<BuildLabel, Gauge> = Family::default();
         build
@@ -255,6 +272,16 @@ pub fn refused(r: &str, reason: &str) {
     metrics().refused.get_or_create(&kind(r, reason)).inc();
 }
 
+/// A TLS handshake on `side` (`client` or `upstream`) completed in `took`.
+pub fn tls_handshake(side: &str, took: Duration) {
+    metrics()
+        .handshakes
+        .get_or_create(&SideLabel {
+            side: side.to_owned(),
+        })
+        .observe(took.as_secs_f64());
+}
+
 /// A configuration was loaded (`applied`) or refused; `now` is Unix time.
 pub fn reload(applied: bool, now_unix: f64) {
     let m = metrics();
@@ -280,6 +307,7 @@ mod tests {
         session_ended(r, &SessionEnd::Quit, Duration::from_millis(20));
         login(r, LoginResult::Accepted);
         bytes(r, "to_client", 1234);
+        tls_handshake("upstream", Duration::from_millis(3));
         let text = encode();
         for want in [
             "postern_sessions_total{route=\"metrics-unit-test\",kind=\"quit\"} 1",
@@ -287,6 +315,7 @@ mod tests {
             "postern_relayed_bytes_total{route=\"metrics-unit-test\",kind=\"to_client\"} 1234",
             "postern_sessions_active{route=\"metrics-unit-test\"} 0",
             "postern_build_info{version=",
+            "postern_tls_handshake_duration_seconds_bucket{le=\"0.004\",side=\"upstream\"}",
         ] {
             assert!(text.contains(want), "{want:?} missing:\n{text}");
         }

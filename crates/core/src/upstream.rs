@@ -168,13 +168,17 @@ pub async fn connect_tls(
 ) -> Result<Conn, UpstreamError> {
     let tcp = connect_tcp(addr, timeouts.connect).await?;
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let started = std::time::Instant::now();
     match tokio::time::timeout(
         timeouts.tls_handshake,
         connector.connect(tls.name.clone(), tcp),
     )
     .await
     {
-        Ok(Ok(s)) => Ok(Conn::new(Stream::TlsClient(Box::new(s)))),
+        Ok(Ok(s)) => {
+            crate::metrics::tls_handshake("upstream", started.elapsed());
+            Ok(Conn::new(Stream::TlsClient(Box::new(s))))
+        }
         Ok(Err(e)) => Err(UpstreamError::Tls(e)),
         Err(_) => Err(UpstreamError::Timeout("TLS handshake")),
     }
@@ -186,13 +190,17 @@ pub async fn starttls(
     tls: &TlsTarget,
     timeouts: &Timeouts,
 ) -> Result<Conn, UpstreamError> {
+    let started = std::time::Instant::now();
     match tokio::time::timeout(
         timeouts.tls_handshake,
         conn.upgrade_client(tls.config.clone(), tls.name.clone()),
     )
     .await
     {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => {
+            crate::metrics::tls_handshake("upstream", started.elapsed());
+            Ok(c)
+        }
         Ok(Err(UpgradeError::Handshake(e))) => Err(UpstreamError::Tls(e)),
         Ok(Err(e)) => Err(UpstreamError::Upgrade(e)),
         Err(_) => Err(UpstreamError::Timeout("TLS handshake")),
