@@ -36,6 +36,10 @@ async fn each_failure_has_its_verdict_and_nothing_is_sent_without_login() {
             .capa(CapaBehaviour::WithoutStls),
     )
     .await;
+    // STLS route that upgrades properly: will work, CAPA before and after TLS.
+    let upgraded =
+        FakePop3::start(Pop3Script::new().security(FakeSecurity::Starttls(pki.server_config())))
+            .await;
     // SMTP route wanting CRAM-MD5 from a server offering PLAIN only.
     let plain_only = FakeSmtp::start(SmtpScript::new().auth_mechanisms(&["PLAIN"])).await;
     // Nothing listens here.
@@ -54,6 +58,11 @@ async fn each_failure_has_its_verdict_and_nothing_is_sent_without_login() {
             .auth("user")
             .ca(&ca)
             .server_name("localhost"),
+        RouteYaml::pop3("upgraded", upgraded.addr())
+            .security("starttls")
+            .auth("user")
+            .ca(&ca)
+            .server_name("localhost"),
         RouteYaml::smtp("cram", plain_only.addr())
             .security("none")
             .auth("cram-md5"),
@@ -65,7 +74,7 @@ async fn each_failure_has_its_verdict_and_nothing_is_sent_without_login() {
         .await
         .expect("probe");
     let v = verdicts(&reports);
-    assert_eq!(v.len(), 4, "{v:?}");
+    assert_eq!(v.len(), 5, "{v:?}");
     let find = |name: &str| {
         reports
             .iter()
@@ -92,6 +101,22 @@ async fn each_failure_has_its_verdict_and_nothing_is_sent_without_login() {
         "a credential was sent without --login: {:?}",
         good.events()
     );
+
+    assert!(
+        r.greeting.as_deref().is_some_and(|g| !g.is_empty()),
+        "{r:?}"
+    );
+
+    let r = find("upgraded");
+    assert!(r.will_work(), "{}", r.to_text());
+    let before = r.before_tls.as_ref().expect("CAPA before STLS");
+    assert!(before.iter().any(|c| c == "STLS"), "{before:?}");
+    assert!(
+        !r.capabilities.iter().any(|c| c == "STLS"),
+        "{:?}",
+        r.capabilities
+    );
+    assert!(r.tls.is_some());
 
     let r = find("stripped");
     assert!(!r.will_work());

@@ -67,6 +67,10 @@ pub struct Probe {
     pub security: String,
     /// The route's login method.
     pub auth: String,
+    /// The upstream's greeting (printable).
+    pub greeting: Option<String>,
+    /// What the upstream offered before STARTTLS (routes that upgrade).
+    pub before_tls: Option<Vec<String>>,
     /// TLS as negotiated (after STARTTLS where the route upgrades).
     pub tls: Option<TlsInfo>,
     /// The capabilities the upstream offered on the final (post-TLS)
@@ -136,6 +140,12 @@ impl Probe {
             "route {} ({}) -> {} (security: {}, auth: {})",
             self.route, self.protocol, self.upstream, self.security, self.auth
         );
+        if let Some(g) = &self.greeting {
+            let _ = writeln!(out, "  greeting:     {g}");
+        }
+        if let Some(b) = &self.before_tls {
+            let _ = writeln!(out, "  before TLS:   {}", b.join(" | "));
+        }
         if let Some(t) = &self.tls {
             let _ = writeln!(out, "  tls:          {}", t.negotiated);
             let _ = writeln!(out, "  certificate:  {}", t.subject);

@@ -50,6 +50,16 @@ pub struct Connect {
     auth: UpstreamAuth,
     state: ConnectState,
     timestamp: Option<Vec<u8>>,
+    seen: Seen,
+}
+
+/// What the connection showed on the way (for `postern probe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The greeting's text, printable.
+    pub greeting: String,
+    /// CAPA before STLS (routes that upgrade), one entry per line.
+    pub before_tls: Option<Vec<String>>,
 }
 
 /// Connected, secured and capabilities known: ready for a login.
@@ -57,6 +67,7 @@ pub struct Connect {
 pub struct Ready {
     method: Method,
     capabilities: Option<Capabilities>,
+    seen: Seen,
 }
 
 /// How a login ended.
@@ -109,6 +120,7 @@ impl Connect {
             auth,
             state: ConnectState::Greeting,
             timestamp: None,
+            seen: Seen::default(),
         }
     }
 
@@ -129,6 +141,7 @@ impl Connect {
     fn greeting(&mut self, status: Status<'_>) -> Result<Step<Ready>, UpstreamError> {
         match status {
             Status::Ok(text) => {
+                self.seen.greeting = printable(text);
                 if self.auth == UpstreamAuth::Apop {
                     match apop::timestamp(text) {
                         Ok(ts) => self.timestamp = Some(ts.to_vec()),
@@ -166,6 +179,7 @@ impl Connect {
         Ok(Step::Done(Ready {
             method,
             capabilities: caps,
+            seen: std::mem::take(&mut self.seen),
         }))
     }
 }
@@ -200,6 +214,11 @@ impl Machine for Connect {
             ConnectState::CapaBeforeTls => match status {
                 Status::Ok(_) => {
                     let caps = Capabilities::parse(reply.body.iter().map(Vec::as_slice));
+                    self.seen.before_tls = Some(
+                        caps.lines()
+                            .map(|l| String::from_utf8_lossy(l).into_owned())
+                            .collect(),
+                    );
                     if !caps.has("STLS") {
                         return insecure(
                             "the server does not offer STLS (its CAPA has no STLS); refusing to continue without TLS",
@@ -250,6 +269,11 @@ impl Ready {
     /// The capabilities learnt on the current (post-TLS) connection.
     pub fn capabilities(&self) -> Option<&Capabilities> {
         self.capabilities.as_ref()
+    }
+
+    /// What the connection showed on the way (greeting, CAPA before TLS).
+    pub fn seen(&self) -> &Seen {
+        &self.seen
     }
 
     /// The APOP timestamp of the server's greeting (`auth: apop` only).

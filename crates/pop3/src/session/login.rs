@@ -191,6 +191,8 @@ pub(super) async fn probe(
             return p;
         }
     };
+    p.greeting = Some(ready.seen().greeting.clone());
+    p.before_tls = ready.seen().before_tls.clone();
     p.tls = link.tls_info();
     p.check_certificate();
     if route.auth == UpstreamAuth::Apop {

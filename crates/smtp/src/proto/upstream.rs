@@ -68,6 +68,16 @@ pub struct Connect {
     state: ConnectState,
     tls: bool,
     extensions: Extensions,
+    seen: Seen,
+}
+
+/// What the connection showed on the way (for `postern probe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The greeting, summarised.
+    pub greeting: String,
+    /// EHLO keywords before STARTTLS (routes that upgrade).
+    pub before_tls: Option<Vec<String>>,
 }
 
 /// Connected, secured, extensions known; a login may follow.
@@ -75,6 +85,7 @@ pub struct Connect {
 pub struct Ready {
     mechanism: Option<Mechanism>,
     extensions: Extensions,
+    seen: Seen,
 }
 
 /// How a login ended.
@@ -122,6 +133,7 @@ impl Connect {
             state: ConnectState::Greeting,
             tls: security == Security::Tls,
             extensions: Extensions::default(),
+            seen: Seen::default(),
         }
     }
 
@@ -151,6 +163,7 @@ impl Connect {
         Ok(Step::Done(Ready {
             mechanism,
             extensions: std::mem::take(&mut self.extensions),
+            seen: std::mem::take(&mut self.seen),
         }))
     }
 }
@@ -177,7 +190,10 @@ impl Machine for Connect {
         let code = reply.code();
         let needs_tls = self.security == Security::Starttls && !self.tls;
         match std::mem::replace(&mut self.state, ConnectState::Failed) {
-            ConnectState::Greeting if code == 220 => Ok(self.ehlo()),
+            ConnectState::Greeting if code == 220 => {
+                self.seen.greeting = reply.summary();
+                Ok(self.ehlo())
+            }
             ConnectState::Greeting => fail(format!(
                 "the server refused the connection: {}",
                 reply.summary()
@@ -185,6 +201,12 @@ impl Machine for Connect {
             ConnectState::Ehlo if code == 250 => {
                 self.extensions = Extensions::from_ehlo(&reply);
                 if needs_tls {
+                    self.seen.before_tls = Some(
+                        self.extensions
+                            .lines()
+                            .map(|l| String::from_utf8_lossy(l).into_owned())
+                            .collect(),
+                    );
                     if !self.extensions.has("STARTTLS") {
                         return insecure(
                             "the server does not offer STARTTLS (not in its EHLO reply); refusing to continue without TLS",
@@ -239,6 +261,11 @@ impl Ready {
     /// The extensions of the final (post-TLS) connection.
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
+    }
+
+    /// What the connection showed on the way (greeting, EHLO before TLS).
+    pub fn seen(&self) -> &Seen {
+        &self.seen
     }
 
     /// Starts a login with the route's mechanism; `None` on an `auth: none`
