@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use postern_core::limits::SHUTDOWN_GRACE;
 pub mod admin;
+pub mod health;
 
 pub use postern_core::{config, prepare};
 

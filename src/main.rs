@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 if the running gateway is healthy: `GET /healthz` on the admin
+    /// endpoint when one is configured, else a connection to every route's
+    /// listener (for container health checks: a scratch image has no curl).
+    Health {
+        /// Configuration file (default: postern.yaml, then config/postern.yaml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Ask a running gateway to reload its configuration (sends SIGHUP to
     /// the process named in its pid file). The new file is checked first.
     Reload {
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
             log_format,
         } => run(config, pid_file, log_format.as_deref()),
         Command::Reload { pid_file, config } => reload(&pid_file, config),
+        Command::Health { config } => health(config),
         Command::Probe {
             config,
             route,
@@ -197,6 +206,27 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
         let _ = std::fs::remove_file(pid_file);
     }
     code
+}
+
+/// `postern health`: see [`Command::Health`].
+fn health(config: Option<PathBuf>) -> ExitCode {
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match postern::health::check(&config, std::time::Duration::from_secs(3)) {
+        Ok(what) => {
+            println!("healthy: {what}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("postern: unhealthy: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `postern probe`: exit 0 when every probed route will work.
