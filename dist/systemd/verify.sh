@@ -5,8 +5,9 @@
 # itself only fails on hard errors.
 #   dist/systemd/verify.sh [PATH-TO-POSTERN]
 set -euo pipefail
-cd "$(dirname "$0")"
-bin=$(realpath "${1:-../../target/debug/postern}")
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$(realpath -m "${1:-$here/../../target/debug/postern}")
+cd "$here"
 [ -x "$bin" ] || { echo "no postern binary at $bin (build first)" >&2; exit 1; }
 command -v systemd-analyze >/dev/null || { echo "systemd-analyze is missing (Debian package: systemd)" >&2; exit 1; }
 dir=$(mktemp -d)
