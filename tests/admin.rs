@@ -10,7 +10,9 @@ use common::{config, RouteYaml};
 use postern::admin::Admin;
 use postern::config::AdminConfig;
 use postern::Gateway;
-use postern_testkit::{dot_stuff, FakePop3, LineClient, Pop3Script};
+use postern_testkit::{
+    dot_stuff, sasl_plain_response, FakePop3, FakeSmtp, LineClient, Pop3Script, SmtpScript,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +73,22 @@ async fn metrics_move_by_exactly_what_happened_and_health_follows_the_gateway() 
             .message(body.clone()),
     )
     .await;
-    let yaml = common::routes_yaml(&[RouteYaml::pop3(route, fake.addr())
-        .security("none")
-        .auth("user")]);
+    let mail = FakeSmtp::start(SmtpScript::new().credentials("alice", "wonderland")).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let yaml = common::routes_yaml(&[
+        RouteYaml::pop3(route, fake.addr())
+            .security("none")
+            .auth("user"),
+        RouteYaml::smtp("admin-metrics-smtp", mail.addr())
+            .security("none")
+            .auth("plain"),
+        RouteYaml::pop3("admin-metrics-down", closed)
+            .security("none")
+            .auth("user"),
+    ]);
     let gateway = Gateway::bind(&config(&yaml)).await.expect("bind");
     let shutdown = CancellationToken::new();
     let served = tokio::spawn(
@@ -134,6 +149,91 @@ async fn metrics_move_by_exactly_what_happened_and_health_follows_the_gateway() 
         tokio::time::sleep(Duration::from_millis(50)).await;
         after = scrape(admin_addr).await;
     }
+    // One message through SMTP, one login to an upstream that is down.
+    let smtp_addr = gateway.addr("admin-metrics-smtp").expect("smtp");
+    let mut m = LineClient::connect(smtp_addr).await.expect("connect");
+    m.read_smtp_reply().await.expect("greeting");
+    m.smtp_command("EHLO c").await.expect("ehlo");
+    let auth = format!(
+        "AUTH PLAIN {}",
+        sasl_plain_response("", "alice", "wonderland")
+    );
+    assert!(m.smtp_command(&auth).await.expect("auth")[0].starts_with("235"));
+    m.smtp_command("MAIL FROM:<a@example.org>")
+        .await
+        .expect("mail");
+    m.smtp_command("RCPT TO:<b@example.org>")
+        .await
+        .expect("rcpt");
+    assert!(m.smtp_command("DATA").await.expect("data")[0].starts_with("354"));
+    m.send_raw(b"Subject: x\r\n\r\nseven\r\n.\r\n")
+        .await
+        .expect("body");
+    assert!(m.read_smtp_reply().await.expect("final")[0].starts_with("250"));
+    m.smtp_command("QUIT").await.expect("quit");
+    let mut d = LineClient::connect(gateway.addr("admin-metrics-down").expect("down"))
+        .await
+        .expect("connect");
+    d.read_line().await.expect("greeting");
+    d.command("USER a").await.expect("user");
+    assert!(d
+        .command("PASS b")
+        .await
+        .expect("pass")
+        .starts_with("-ERR [SYS/TEMP]"));
+    let other = |s: &prometheus_parse::Scrape, name: &str, m: &str, k: &str| {
+        sample(s, m, &[("route", name), ("kind", k)])
+    };
+    for _ in 0..50 {
+        after = scrape(admin_addr).await;
+        if other(
+            &after,
+            "admin-metrics-down",
+            "postern_sessions_total",
+            "upstream",
+        ) >= 1.0
+            && other(
+                &after,
+                "admin-metrics-smtp",
+                "postern_sessions_total",
+                "quit",
+            ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved_at =
+        |name: &str, m: &str, k: &str| other(&after, name, m, k) - other(&before, name, m, k);
+    assert_eq!(
+        moved_at("admin-metrics-smtp", "postern_messages_total", "2xx"),
+        1.0
+    );
+    assert_eq!(
+        moved_at(
+            "admin-metrics-smtp",
+            "postern_relayed_bytes_total",
+            "to_upstream"
+        ),
+        21.0
+    );
+    assert_eq!(
+        moved_at("admin-metrics-smtp", "postern_logins_total", "accepted"),
+        1.0
+    );
+    assert_eq!(
+        moved_at("admin-metrics-down", "postern_sessions_total", "upstream"),
+        1.0
+    );
+    assert_eq!(
+        moved_at(
+            "admin-metrics-down",
+            "postern_upstream_failures_total",
+            "connect"
+        ),
+        1.0
+    );
+
     let moved = |m: &str, k: &str| at(&after, m, k) - at(&before, m, k);
     assert_eq!(moved("postern_sessions_total", "quit"), 1.0);
     assert_eq!(moved("postern_sessions_total", "client"), 1.0);
