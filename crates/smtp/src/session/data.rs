@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use postern_core::io::READ_BUFFER;
 use postern_core::limits::DATA_RATE_GRACE;
 use postern_core::metrics;
-use postern_core::session::{ClientSide, Closed, Route, Session, SessionEnd};
+use postern_core::session::{ClientSide, Closed, Route, Session, SessionEnd, SessionStats};
 use postern_core::upstream::{Link, Misbehaved, UpstreamError};
 
 use super::upstream::Slot;
@@ -76,26 +76,18 @@ async fn answer(
     rcpts: u32,
     ms: u64,
 ) -> Result<Cow<'static, [u8]>, SessionEnd> {
-    let mut counted = |result: &str, bytes: u64| {
-        metrics::message(&route.name, result);
-        metrics::bytes(&route.name, "to_upstream", bytes);
-        s.stats.messages += 1;
-        s.stats.bytes_to_upstream += bytes;
-    };
+    record(&route.name, &mut s.stats, &outcome);
     Ok(match outcome {
         Outcome::Relayed { reply, bytes } => {
-            counted(&format!("{}xx", reply.code() / 100), bytes);
             tracing::info!(rcpts, bytes, code = reply.code(), ms, "message relayed");
             Cow::Owned(reply.sanitized())
         }
         Outcome::UpstreamLost { error, bytes } => {
-            counted("lost", bytes);
             tracing::warn!(rcpts, bytes, ms, cause = %error, upstream = %route.address, "message NOT delivered: upstream lost during DATA");
             slot.lose(UPSTREAM_LOST);
             Cow::Borrowed(NOT_ACCEPTED)
         }
         Outcome::TooBig { bytes } => {
-            metrics::message(&route.name, "refused");
             tracing::warn!(
                 rcpts,
                 bytes,
@@ -108,7 +100,6 @@ async fn answer(
             Cow::Borrowed(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
         }
         Outcome::BareLineEnding { bytes } => {
-            metrics::message(&route.name, "refused");
             tracing::warn!(
                 rcpts,
                 bytes,
@@ -132,6 +123,24 @@ async fn answer(
             return Err(why.into());
         }
     })
+}
+
+/// Counts a message that reached the upstream (relayed or lost) or was
+/// refused by postern, in the metrics and the session's summary.
+fn record(route: &str, stats: &mut SessionStats, outcome: &Outcome) {
+    let (result, bytes) = match outcome {
+        Outcome::Relayed { reply, bytes } => (format!("{}xx", reply.code() / 100), *bytes),
+        Outcome::UpstreamLost { bytes, .. } => ("lost".to_owned(), *bytes),
+        Outcome::TooBig { .. } | Outcome::BareLineEnding { .. } => {
+            metrics::message(route, "refused");
+            return;
+        }
+        Outcome::ClientGone { .. } => return,
+    };
+    metrics::message(route, &result);
+    metrics::bytes(route, "to_upstream", bytes);
+    stats.messages += 1;
+    stats.bytes_to_upstream += bytes;
 }
 
 /// Waits for the client's next data, under the block deadline, the total
