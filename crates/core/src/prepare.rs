@@ -271,8 +271,12 @@ mod tests {
                 .then(|| "example".into())
         };
         let mut n = 0;
-        for entry in std::fs::read_dir(&src).expect("config dir") {
-            let path = entry.expect("entry").path();
+        let image_default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/postern.yaml");
+        let entries = std::fs::read_dir(&src)
+            .expect("config dir")
+            .map(|e| e.expect("entry").path())
+            .chain(std::iter::once(image_default));
+        for path in entries {
             if path.extension().and_then(|e| e.to_str()) == Some("yaml") {
                 let copy = dir.path().join(path.file_name().expect("name"));
                 std::fs::copy(&path, &copy).expect("copy");
@@ -285,7 +289,7 @@ mod tests {
         }
         assert!(
             n >= 10,
-            "only {n} example configs found in {}",
+            "only {n} example configs found in {} (and docker/)",
             src.display()
         );
     }
