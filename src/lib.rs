@@ -74,10 +74,10 @@ impl Gateway {
     /// settings; new routes start listening; removed ones stop accepting.
     /// Running sessions are never touched. On any problem nothing changes.
     pub async fn reload(&self, config: &Config) -> Result<Applied, StartError> {
-        notify(&[sd_notify::NotifyState::Reloading]);
+        notify(ServiceState::Reloading);
         let result = self.apply(config).await;
         postern_core::metrics::reload(result.is_ok(), unix_now());
-        notify(&[sd_notify::NotifyState::Ready]);
+        notify(ServiceState::Ready);
         result
     }
 
@@ -212,12 +212,30 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Tells systemd (`Type=notify`) what the service is doing; a no-op
-/// outside systemd.
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(state) {
-        tracing::warn!(error = %e, "cannot notify systemd");
+/// What the service is doing, for systemd (`Type=notify`).
+#[derive(Debug, Clone, Copy)]
+enum ServiceState {
+    Ready,
+    Reloading,
+    Stopping,
+}
+
+/// Tells systemd what the service is doing; a no-op outside systemd and
+/// off Unix.
+fn notify(state: ServiceState) {
+    #[cfg(unix)]
+    {
+        let s = match state {
+            ServiceState::Ready => sd_notify::NotifyState::Ready,
+            ServiceState::Reloading => sd_notify::NotifyState::Reloading,
+            ServiceState::Stopping => sd_notify::NotifyState::Stopping,
+        };
+        if let Err(e) = sd_notify::notify(&[s]) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
     }
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 /// Binds every route (and the admin endpoint, if configured) and serves
@@ -241,7 +259,7 @@ pub async fn run(
         tracing::info!(listen = %admin.listen, "admin endpoint: /healthz /readyz /metrics");
         tokio::spawn(endpoint.serve(gateway.clone(), shutdown.clone()));
     }
-    notify(&[sd_notify::NotifyState::Ready]);
+    notify(ServiceState::Ready);
     let reloader = gateway.clone();
     tokio::spawn(async move {
         while let Some(next) = reloads.recv().await {
@@ -259,7 +277,7 @@ pub async fn run(
     let stopping = shutdown.clone();
     tokio::spawn(async move {
         stopping.cancelled().await;
-        notify(&[sd_notify::NotifyState::Stopping]);
+        notify(ServiceState::Stopping);
     });
     gateway.serve(shutdown, SHUTDOWN_GRACE).await;
     Ok(())
