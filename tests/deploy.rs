@@ -25,7 +25,7 @@ fn valid_postern_config(text: &str, what: &str) -> Config {
 #[test]
 fn the_dockerfile_runs_postern_unprivileged_with_a_health_check() {
     let text = std::fs::read_to_string(repo("docker/Dockerfile")).expect("Dockerfile");
-    let last_from = text.lines().filter(|l| l.starts_with("FROM ")).last();
+    let last_from = text.lines().rev().find(|l| l.starts_with("FROM "));
     assert_eq!(
         last_from,
         Some("FROM scratch"),
