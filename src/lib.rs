@@ -314,7 +314,12 @@ pub fn init_logging(log: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a closed pipe, a full
+        // disk) is dropped. Reporting it would use eprintln!, which panics
+        // on the same broken stderr and would kill the task that logged:
+        // the signal handler, so SIGTERM would no longer stop the gateway.
+        .log_internal_errors(false);
     let _ = match log.format {
         LogFormat::Json => builder.json().try_init(),
         _ => builder.try_init(),

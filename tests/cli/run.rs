@@ -342,3 +342,58 @@ fn log_format_json_from_the_command_line() {
     }
     assert!(summary, "no JSON session summary in:\n{log}");
 }
+
+/// A log line that cannot be written (stderr a closed pipe: a log
+/// collector gone) is dropped; it must not take the signal handler down
+/// with it, so SIGTERM still stops the gateway.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_gateway_even_when_stderr_is_a_closed_pipe() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = TempDir::new("postern-cli-epipe");
+    let file = dir.write(
+        "p.yaml",
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
+            .listen(loopback(port))
+            .auth("user")
+            .yaml(),
+    );
+    let mut child = postern()
+        .args(["run", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "postern did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The log collector goes away: every later log line hits EPIPE.
+    drop(child.stderr.take());
+    // A session logs on the broken pipe too.
+    let _ = TcpStream::connect(("127.0.0.1", port));
+    std::thread::sleep(Duration::from_millis(200));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "exit {status:?}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("postern ignored SIGTERM once its stderr was closed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
