@@ -192,7 +192,16 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let (reload_tx, reloads) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(signals(shutdown.clone(), reload_tx, path));
+        let handler = tokio::spawn(signals(shutdown.clone(), reload_tx, path));
+        // Without its signal handler the gateway could never be stopped
+        // politely: if the handler ever dies, drain and stop now.
+        let watchdog = shutdown.clone();
+        tokio::spawn(async move {
+            if handler.await.is_err() {
+                tracing::error!("the signal handler failed; stopping");
+                watchdog.cancel();
+            }
+        });
         match postern::run(config, shutdown, reloads).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
