@@ -56,6 +56,13 @@ async fn smtp_250_in_answer_to_data_is_a_protocol_error() {
         matches!(&r, Ok(r) if r.starts_with("451")),
         "DATA answered 250 upstream reached the client as {r:?}, not 451"
     );
+    // The upstream is gone: NOOP and RSET, which postern could answer
+    // itself, get 421 like any other command (the README's promise).
+    let r = smtp_reply(&mut c, "NOOP").await;
+    assert!(
+        matches!(&r, Ok(r) if r.starts_with("421")),
+        "NOOP after the upstream was dropped got {r:?}, not 421"
+    );
     gw.stop().await;
 }
 

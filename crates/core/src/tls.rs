@@ -107,12 +107,9 @@ impl UpstreamTransport {
 /// How a route listens; the certificate exists exactly when TLS is offered.
 #[derive(Debug, Clone)]
 pub enum ListenSide {
-    /// Plain TCP.
-    Plain {
-        /// Logins refused (configuration validation refuses this on a plain
-        /// listener; kept so the setting is never silently ignored).
-        required_for_auth: bool,
-    },
+    /// Plain TCP (validation refuses `require_tls_for_auth` here: TLS
+    /// could never be had, so logins are always allowed).
+    Plain,
     /// TLS from the first byte.
     ImplicitTls(Arc<ServerConfig>),
     /// Plain, upgraded by STLS/STARTTLS on the client's request.
@@ -133,7 +130,7 @@ impl ListenSide {
             _ => Err(TlsSetupError::MissingCertificate),
         };
         Ok(match map.security {
-            Security::None => Self::Plain { required_for_auth },
+            Security::None => Self::Plain,
             Security::Tls => Self::ImplicitTls(config()?),
             Security::Starttls => Self::StartTls {
                 config: config()?,
@@ -145,11 +142,10 @@ impl ListenSide {
     /// Whether logins are refused before TLS.
     pub fn required_for_auth(&self) -> bool {
         match self {
-            Self::Plain { required_for_auth }
-            | Self::StartTls {
+            Self::StartTls {
                 required_for_auth, ..
             } => *required_for_auth,
-            Self::ImplicitTls(_) => false,
+            Self::Plain | Self::ImplicitTls(_) => false,
         }
     }
 }

@@ -165,10 +165,7 @@ async fn client_data(
         tokio::select! {
             biased;
             r = fill => r,
-            e = up.unsolicited("during message data") => return Ok(Err(match e {
-                UpstreamError::Misbehaved(Misbehaved::Unsolicited(_)) => Misbehaved::ReplyDuringData.into(),
-                other => other,
-            })),
+            e = up.unsolicited("during message data") => return Ok(Err(during_data(e))),
         }
     } else {
         fill.await
@@ -251,12 +248,18 @@ impl Relay {
 /// anything it said so far came before the end of data and cannot be the
 /// reply to it.
 async fn forward(up: &mut Link, bytes: &[u8]) -> Result<(), UpstreamError> {
-    match up.ensure_quiet("during message data").await {
-        Err(UpstreamError::Misbehaved(Misbehaved::Unsolicited(_))) => {
-            Err(Misbehaved::ReplyDuringData.into())
-        }
-        Err(e) => Err(e),
-        Ok(()) => up.write_raw(bytes).await,
+    up.ensure_quiet("during message data")
+        .await
+        .map_err(during_data)?;
+    up.write_raw(bytes).await
+}
+
+/// Unasked bytes while message data flows are a reply before the end of
+/// data: named as such in the log.
+fn during_data(e: UpstreamError) -> UpstreamError {
+    match e {
+        UpstreamError::Misbehaved(Misbehaved::Unsolicited(_)) => Misbehaved::ReplyDuringData.into(),
+        other => other,
     }
 }
 

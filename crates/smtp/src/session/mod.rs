@@ -24,6 +24,7 @@ use postern_core::credentials::{fresh_msg_id, Resolved};
 use postern_core::session::{Closed, Protocol, Route, Session, SessionEnd, Snapshot};
 
 use crate::proto::client::{Action, ClientSession, LocalAuth};
+use crate::proto::command::{self, Command};
 use crate::proto::ehlo::{Extensions, Policy};
 use upstream::Slot;
 
@@ -151,7 +152,7 @@ fn client_session(route: &Route<Smtp>, s: &Session, device: bool) -> ClientSessi
 }
 
 fn is_quit(line: &[u8]) -> bool {
-    line.trim_ascii().eq_ignore_ascii_case(b"QUIT")
+    matches!(command::parse(line), Command::Quit)
 }
 
 /// Carries out one action of the client machine (and the actions that
