@@ -10,9 +10,7 @@ use common::{config, RouteYaml};
 use postern::admin::Admin;
 use postern::config::AdminConfig;
 use postern::Gateway;
-use postern_testkit::{
-    dot_stuff, sasl_plain_response, FakePop3, FakeSmtp, LineClient, Pop3Script, SmtpScript,
-};
+use postern_testkit::{dot_stuff, FakePop3, FakeSmtp, LineClient, Pop3Script, SmtpScript};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -151,21 +149,7 @@ async fn metrics_move_by_exactly_what_happened_and_health_follows_the_gateway() 
     }
     // One message through SMTP, one login to an upstream that is down.
     let smtp_addr = gateway.addr("admin-metrics-smtp").expect("smtp");
-    let mut m = LineClient::connect(smtp_addr).await.expect("connect");
-    m.read_smtp_reply().await.expect("greeting");
-    m.smtp_command("EHLO c").await.expect("ehlo");
-    let auth = format!(
-        "AUTH PLAIN {}",
-        sasl_plain_response("", "alice", "wonderland")
-    );
-    assert!(m.smtp_command(&auth).await.expect("auth")[0].starts_with("235"));
-    m.smtp_command("MAIL FROM:<a@example.org>")
-        .await
-        .expect("mail");
-    m.smtp_command("RCPT TO:<b@example.org>")
-        .await
-        .expect("rcpt");
-    assert!(m.smtp_command("DATA").await.expect("data")[0].starts_with("354"));
+    let mut m = common::smtp_into_data(smtp_addr).await;
     m.send_raw(b"Subject: x\r\n\r\nseven\r\n.\r\n")
         .await
         .expect("body");

@@ -9,14 +9,6 @@ use std::time::{Duration, Instant};
 use common::RouteYaml;
 use postern_testkit::TempDir;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn health(file: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_postern"))
         .args(["health", "-c"])
@@ -49,7 +41,7 @@ fn with_gateway(file: &std::path::Path, check: impl Fn() -> bool) {
 #[test]
 fn health_follows_the_listeners_or_the_admin_endpoint() {
     let dir = TempDir::new("postern-health");
-    let port = free_port();
+    let port = common::free_port();
     let route = RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
         .listen(format!("127.0.0.1:{port}"))
         .auth("user")
@@ -70,7 +62,7 @@ fn health_follows_the_listeners_or_the_admin_endpoint() {
     });
 
     // With an admin endpoint.
-    let admin = free_port();
+    let admin = common::free_port();
     let file = dir.write(
         "admin.yaml",
         route.replacen(

@@ -14,9 +14,7 @@ use std::time::Duration;
 use common::{routes_yaml, RouteYaml};
 use postern::config::Config;
 use postern::{Gateway, StartError};
-use postern_testkit::{
-    dot_stuff, sasl_plain_response, FakePop3, FakeSmtp, LineClient, Pop3Script, SmtpScript,
-};
+use postern_testkit::{dot_stuff, FakePop3, FakeSmtp, LineClient, Pop3Script, SmtpScript};
 use tokio_util::sync::CancellationToken;
 
 fn config(yaml: &str) -> Config {
@@ -83,21 +81,7 @@ async fn reload_keeps_sessions_and_sockets_adds_and_removes_routes() {
         .starts_with("+OK"));
 
     // A message half sent.
-    let mut data = LineClient::connect(s_addr).await.expect("connect");
-    data.read_smtp_reply().await.expect("greeting");
-    data.smtp_command("EHLO c").await.expect("ehlo");
-    let auth = format!(
-        "AUTH PLAIN {}",
-        sasl_plain_response("", "alice", "wonderland")
-    );
-    assert!(data.smtp_command(&auth).await.expect("auth")[0].starts_with("235"));
-    data.smtp_command("MAIL FROM:<a@example.org>")
-        .await
-        .expect("mail");
-    data.smtp_command("RCPT TO:<b@example.org>")
-        .await
-        .expect("rcpt");
-    assert!(data.smtp_command("DATA").await.expect("data")[0].starts_with("354"));
+    let mut data = common::smtp_into_data(s_addr).await;
     data.send_raw(b"Subject: during a reload\r\n\r\nfirst half\r\n")
         .await
         .expect("half");
@@ -270,14 +254,6 @@ async fn an_invalid_configuration_or_a_busy_address_changes_nothing() {
         .expect("no panic");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Waits until `port` greets with `+OK`.
 fn greets(port: u16) -> bool {
     use std::io::{BufRead, BufReader};
@@ -313,7 +289,7 @@ impl Drop for KillOnDrop {
 fn sighup_and_postern_reload_apply_a_new_file_and_refuse_a_broken_one() {
     use std::process::{Command, Stdio};
     let dir = postern_testkit::TempDir::new("postern-reload-cli");
-    let (p, q) = (free_port(), free_port());
+    let (p, q) = (common::free_port(), common::free_port());
     let route = |name: &str, port: u16| {
         RouteYaml::pop3(name, "pop.nonexistent.invalid:995")
             .listen(SocketAddr::from(([127, 0, 0, 1], port)))

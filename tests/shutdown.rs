@@ -7,10 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{routes_yaml, start_with_grace, RouteYaml, SMTP_GREETING};
-use postern_testkit::{
-    sasl_plain_response, FakePop3, FakeSmtp, LineClient, Pop3Event, Pop3Script, SmtpScript,
-};
+use common::{routes_yaml, start_with_grace, RouteYaml};
+use postern_testkit::{FakePop3, FakeSmtp, LineClient, Pop3Event, Pop3Script, SmtpScript};
 
 const GRACE: Duration = Duration::from_secs(8);
 
@@ -45,21 +43,7 @@ async fn idle_sessions_are_told_and_closed_at_once_busy_ones_finish() {
         .starts_with("+OK"));
 
     // An SMTP client in the middle of a message.
-    let mut busy = LineClient::connect(gw.addr("s")).await.expect("connect");
-    assert!(busy.read_smtp_reply().await.expect("greeting")[0].starts_with(SMTP_GREETING));
-    busy.smtp_command("EHLO c").await.expect("ehlo");
-    let auth = format!(
-        "AUTH PLAIN {}",
-        sasl_plain_response("", "alice", "wonderland")
-    );
-    assert!(busy.smtp_command(&auth).await.expect("auth")[0].starts_with("235"));
-    busy.smtp_command("MAIL FROM:<a@example.org>")
-        .await
-        .expect("mail");
-    busy.smtp_command("RCPT TO:<b@example.org>")
-        .await
-        .expect("rcpt");
-    assert!(busy.smtp_command("DATA").await.expect("data")[0].starts_with("354"));
+    let mut busy = common::smtp_into_data(gw.addr("s")).await;
     busy.send_raw(b"Subject: half\r\n\r\nfirst half\r\n")
         .await
         .expect("half");

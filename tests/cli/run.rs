@@ -8,11 +8,7 @@ use super::*;
 #[cfg(unix)]
 #[test]
 fn run_starts_answers_and_stops_on_sigterm() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let dir = TempDir::new("postern-cli-run");
     let file = dir.write(
         "p.yaml",
@@ -28,14 +24,7 @@ fn run_starts_answers_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("postern did not listen: {e}"),
-        }
-    };
+    let stream = common::wait_listening(port);
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
@@ -62,14 +51,7 @@ fn run_starts_answers_and_stops_on_sigterm() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "postern did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = common::wait_exit(&mut child);
     assert!(exit.success(), "{exit:?}");
     let mut log = String::new();
     child
@@ -129,11 +111,7 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
         .stderr(std::fs::File::create(dir.path().join("log")).expect("log file"))
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "postern did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    drop(common::wait_listening(port));
     std::thread::sleep(Duration::from_millis(300));
     // Far more silent clients than descriptors.
     let clients: Vec<TcpStream> = (0..60)
@@ -212,11 +190,7 @@ fn a_busy_listen_address_is_named_with_the_reason() {
 #[cfg(unix)]
 #[test]
 fn refused_connections_are_counted_not_logged_one_by_one() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let dir = TempDir::new("postern-cli-refusals");
     let file = dir.write(
         "p.yaml",
@@ -234,14 +208,7 @@ fn refused_connections_are_counted_not_logged_one_by_one() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut first = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("postern did not listen: {e}"),
-        }
-    };
+    let mut first = common::wait_listening(port);
     let refused = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -284,11 +251,7 @@ fn refused_connections_are_counted_not_logged_one_by_one() {
 #[cfg(unix)]
 #[test]
 fn log_format_json_from_the_command_line() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let dir = TempDir::new("postern-cli-json");
     let file = dir.write(
         "p.yaml",
@@ -304,14 +267,7 @@ fn log_format_json_from_the_command_line() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => panic!("postern did not listen: {e}"),
-        }
-    };
+    let stream = common::wait_listening(port);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -349,11 +305,7 @@ fn log_format_json_from_the_command_line() {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_the_gateway_even_when_stderr_is_a_closed_pipe() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let dir = TempDir::new("postern-cli-epipe");
     let file = dir.write(
         "p.yaml",
@@ -369,11 +321,7 @@ fn sigterm_stops_the_gateway_even_when_stderr_is_a_closed_pipe() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "postern did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    drop(common::wait_listening(port));
     // The log collector goes away: every later log line hits EPIPE.
     drop(child.stderr.take());
     // A session logs on the broken pipe too.
@@ -384,16 +332,6 @@ fn sigterm_stops_the_gateway_even_when_stderr_is_a_closed_pipe() {
         .status()
         .expect("kill");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "exit {status:?}");
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("postern ignored SIGTERM once its stderr was closed");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = common::wait_exit(&mut child);
+    assert!(status.success(), "exit {status:?}");
 }

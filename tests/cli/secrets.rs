@@ -110,11 +110,7 @@ async fn account_secrets_from_the_environment_of_the_process() {
     const LOCAL: &str = "POSTERN_CLI_TEST_LOCAL_PW";
     const UPSTREAM: &str = "POSTERN_CLI_TEST_UPSTREAM_PW";
     let fake = FakePop3::start(Pop3Script::new().credentials("alice", "wonderland")).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let dir = TempDir::new("postern-cli-env");
     let file = dir.write(
         "p.yaml",

@@ -99,3 +99,67 @@ pub fn secret_file(dir: &TempDir, name: &str, value: &str) -> PathBuf {
     writeln!(file, "{value}").expect("write secret file");
     path
 }
+
+/// A port free on 127.0.0.1 right now (for tests that run the binary on a
+/// fixed address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Connects to 127.0.0.1:`port` once something listens there (10 s).
+pub fn wait_listening(port: u16) -> std::net::TcpStream {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("nothing listened on port {port}: {e}"),
+        }
+    }
+}
+
+/// Waits (10 s) for a child process to exit; its status.
+pub fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit in 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An SMTP client of `addr` that has greeted, logged in as alice /
+/// wonderland (`235`), given a sender and a recipient and had `354` to
+/// DATA: the next bytes it sends are message data.
+pub async fn smtp_into_data(addr: SocketAddr) -> postern_testkit::LineClient {
+    let mut c = postern_testkit::LineClient::connect(addr)
+        .await
+        .expect("connect");
+    let greeting = c.read_smtp_reply().await.expect("greeting");
+    assert!(greeting[0].starts_with(SMTP_GREETING), "{greeting:?}");
+    c.smtp_command("EHLO c").await.expect("ehlo");
+    let auth = format!(
+        "AUTH PLAIN {}",
+        postern_testkit::sasl_plain_response("", "alice", "wonderland")
+    );
+    let r = c.smtp_command(&auth).await.expect("auth");
+    assert!(r[0].starts_with("235"), "{r:?}");
+    for cmd in ["MAIL FROM:<a@example.org>", "RCPT TO:<b@example.org>"] {
+        let r = c.smtp_command(cmd).await.expect(cmd);
+        assert!(r[0].starts_with("250"), "{cmd}: {r:?}");
+    }
+    let r = c.smtp_command("DATA").await.expect("data");
+    assert!(r[0].starts_with("354"), "{r:?}");
+    c
+}
