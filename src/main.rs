@@ -179,15 +179,8 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("postern: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -215,6 +208,21 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
         let _ = std::fs::remove_file(pid_file);
     }
     code
+}
+
+/// The tokio runtime for `run` and `probe`; `None` (and a message) if the
+/// machine cannot give us one.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("postern: cannot start the runtime: {e}");
+            None
+        }
+    }
 }
 
 /// `postern health`: see [`Command::Health`].
@@ -253,15 +261,8 @@ fn probe(config: Option<PathBuf>, route: Option<&str>, login: bool, json: bool) 
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("postern: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let reports = match runtime.block_on(postern::probe(&config, route, login)) {
         Ok(r) => r,

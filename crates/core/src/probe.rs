@@ -104,6 +104,15 @@ impl Probe {
         self.problems.is_empty()
     }
 
+    /// Records what the connection showed: greeting, what came before
+    /// STARTTLS, the TLS and the certificate (with its expiry check).
+    pub fn connected(&mut self, link: &crate::upstream::Link, seen: &crate::upstream::Seen) {
+        self.greeting = Some(seen.greeting.clone());
+        self.before_tls = seen.before_tls.clone();
+        self.tls = link.tls_info();
+        self.check_certificate();
+    }
+
     /// Adds the certificate warnings (expiry).
     pub fn check_certificate(&mut self) {
         let Some(tls) = &self.tls else { return };

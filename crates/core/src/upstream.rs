@@ -300,6 +300,16 @@ pub fn printable(text: &[u8]) -> String {
         .collect()
 }
 
+/// What a connect machine saw on the way to `Ready`, for `postern probe`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The greeting's text, printable.
+    pub greeting: String,
+    /// What the server offered before STARTTLS (routes that upgrade): POP3
+    /// CAPA lines, SMTP EHLO keywords.
+    pub before_tls: Option<Vec<String>>,
+}
+
 /// A sans-IO upstream machine (connect, secure, log in) the generic
 /// [`drive`] executes.
 pub trait Machine {

@@ -17,7 +17,7 @@
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::sasl;
-use postern_core::upstream::{printable, Machine, Step, UpstreamError};
+use postern_core::upstream::{printable, Machine, Seen, Step, UpstreamError};
 
 use super::apop;
 use super::command::MAX_COMMAND_LINE;
@@ -51,15 +51,6 @@ pub struct Connect {
     state: ConnectState,
     timestamp: Option<Vec<u8>>,
     seen: Seen,
-}
-
-/// What the connection showed on the way (for `postern probe`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Seen {
-    /// The greeting's text, printable.
-    pub greeting: String,
-    /// CAPA before STLS (routes that upgrade), one entry per line.
-    pub before_tls: Option<Vec<String>>,
 }
 
 /// Connected, secured and capabilities known: ready for a login.

@@ -191,10 +191,7 @@ pub(super) async fn probe(
             return p;
         }
     };
-    p.greeting = Some(ready.seen().greeting.clone());
-    p.before_tls = ready.seen().before_tls.clone();
-    p.tls = link.tls_info();
-    p.check_certificate();
+    p.connected(&link, ready.seen());
     if route.auth == UpstreamAuth::Apop {
         p.apop_timestamp = Some(ready.timestamp().is_some());
     }

@@ -15,7 +15,7 @@
 use postern_core::config::{Security, UpstreamAuth};
 use postern_core::credentials::Login;
 use postern_core::sasl;
-use postern_core::upstream::{Machine, Step, UpstreamError};
+use postern_core::upstream::{Machine, Seen, Step, UpstreamError};
 use zeroize::Zeroizing;
 
 use super::ehlo::Extensions;
@@ -69,15 +69,6 @@ pub struct Connect {
     tls: bool,
     extensions: Extensions,
     seen: Seen,
-}
-
-/// What the connection showed on the way (for `postern probe`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Seen {
-    /// The greeting, summarised.
-    pub greeting: String,
-    /// EHLO keywords before STARTTLS (routes that upgrade).
-    pub before_tls: Option<Vec<String>>,
 }
 
 /// Connected, secured, extensions known; a login may follow.

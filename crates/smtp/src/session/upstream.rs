@@ -304,10 +304,7 @@ pub(super) async fn probe(
             return p;
         }
     };
-    p.greeting = Some(ready.seen().greeting.clone());
-    p.before_tls = ready.seen().before_tls.clone();
-    p.tls = link.tls_info();
-    p.check_certificate();
+    p.connected(&link, ready.seen());
     p.capabilities = ready
         .extensions()
         .lines()
