@@ -25,6 +25,30 @@ fn repo() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `postern run ARGS -c FILE` on one route (given its listen address here,
+/// a free port on loopback), logging at `log` to a pipe. Returns once the
+/// route listens, with the first connection to it.
+fn run_route(
+    dir: &TempDir,
+    route: RouteYaml,
+    args: &[&str],
+    log: &str,
+) -> (std::process::Child, u16, TcpStream) {
+    let port = common::free_port();
+    let file = dir.write("p.yaml", route.listen(loopback(port)).yaml());
+    let child = postern()
+        .arg("run")
+        .args(args)
+        .arg("-c")
+        .arg(&file)
+        .env("RUST_LOG", log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let first = common::wait_listening(port);
+    (child, port, first)
+}
+
 /// 127.0.0.1 on `port`.
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

@@ -8,23 +8,13 @@ use super::*;
 #[cfg(unix)]
 #[test]
 fn run_starts_answers_and_stops_on_sigterm() {
-    let port = common::free_port();
     let dir = TempDir::new("postern-cli-run");
-    let file = dir.write(
-        "p.yaml",
-        RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
-            .listen(loopback(port))
-            .auth("user")
-            .yaml(),
+    let (mut child, _, stream) = run_route(
+        &dir,
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995").auth("user"),
+        &[],
+        "info",
     );
-    let mut child = postern()
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stream = common::wait_listening(port);
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
@@ -190,25 +180,16 @@ fn a_busy_listen_address_is_named_with_the_reason() {
 #[cfg(unix)]
 #[test]
 fn refused_connections_are_counted_not_logged_one_by_one() {
-    let port = common::free_port();
     let dir = TempDir::new("postern-cli-refusals");
-    let file = dir.write(
-        "p.yaml",
+    let (mut child, port, mut first) = run_route(
+        &dir,
         RouteYaml::pop3("r", "h:110")
-            .listen(loopback(port))
             .allow(&["10.0.0.0/8"])
             .security("none")
-            .auth("apop")
-            .yaml(),
+            .auth("apop"),
+        &[],
+        "warn",
     );
-    let mut child = postern()
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut first = common::wait_listening(port);
     let refused = |s: &mut TcpStream| {
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -251,23 +232,13 @@ fn refused_connections_are_counted_not_logged_one_by_one() {
 #[cfg(unix)]
 #[test]
 fn log_format_json_from_the_command_line() {
-    let port = common::free_port();
     let dir = TempDir::new("postern-cli-json");
-    let file = dir.write(
-        "p.yaml",
-        RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
-            .listen(loopback(port))
-            .auth("user")
-            .yaml(),
+    let (child, _, stream) = run_route(
+        &dir,
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995").auth("user"),
+        &["--log-format", "json"],
+        "info",
     );
-    let child = postern()
-        .args(["run", "--log-format", "json", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stream = common::wait_listening(port);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -305,23 +276,13 @@ fn log_format_json_from_the_command_line() {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_the_gateway_even_when_stderr_is_a_closed_pipe() {
-    let port = common::free_port();
     let dir = TempDir::new("postern-cli-epipe");
-    let file = dir.write(
-        "p.yaml",
-        RouteYaml::pop3("r", "pop.nonexistent.invalid:995")
-            .listen(loopback(port))
-            .auth("user")
-            .yaml(),
+    let (mut child, port, _first) = run_route(
+        &dir,
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995").auth("user"),
+        &[],
+        "debug",
     );
-    let mut child = postern()
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    drop(common::wait_listening(port));
     // The log collector goes away: every later log line hits EPIPE.
     drop(child.stderr.take());
     // A session logs on the broken pipe too.
