@@ -230,7 +230,7 @@ impl Relay {
                 self.out.len() - self.scan.held().len()
             };
             if send > 0 {
-                if let Err(e) = forward(up, &self.out[..send]).await {
+                if let Err(e) = forward(up, &self.out[..send], end).await {
                     self.failure = Some(e);
                 }
             }
@@ -244,13 +244,17 @@ impl Relay {
     }
 }
 
-/// Writes resolved message data upstream once the upstream is quiet:
-/// anything it said so far came before the end of data and cannot be the
-/// reply to it.
-async fn forward(up: &mut Link, bytes: &[u8]) -> Result<(), UpstreamError> {
-    up.ensure_quiet("during message data")
-        .await
-        .map_err(during_data)?;
+/// Writes resolved message data upstream. The write that carries the end
+/// of data waits for a quiet upstream: anything it said before cannot be
+/// the reply to this message. (While postern waits for client data the
+/// upstream is watched anyway, so the chunks in between need no check of
+/// their own.)
+async fn forward(up: &mut Link, bytes: &[u8], end: bool) -> Result<(), UpstreamError> {
+    if end {
+        up.ensure_quiet("during message data")
+            .await
+            .map_err(during_data)?;
+    }
     up.write_raw(bytes).await
 }
 
