@@ -88,6 +88,14 @@ async fn each_failure_has_its_verdict_and_nothing_is_sent_without_login() {
     assert!(tls.negotiated.starts_with("TLSv1_3 TLS13_"), "{tls:?}");
     assert!(tls.names.iter().any(|n| n == "localhost"), "{tls:?}");
     assert!(tls.days_left > 0, "{tls:?}");
+    // The handshakes the probe made are in the handshake histogram.
+    let metrics = postern_core::metrics::encode();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("postern_tls_handshake_duration_seconds_count{side=\"upstream\"}")
+            && !l.ends_with(" 0")),
+        "no upstream TLS handshake counted:\n{metrics}"
+    );
     assert!(
         r.capabilities.iter().any(|c| c == "USER"),
         "{:?}",
