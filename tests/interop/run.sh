@@ -21,6 +21,9 @@
 #   POSTERN_BIN=PATH            use this binary instead of cargo build
 #   INTEROP_DOVECOT_ONLY=1      same as --dovecot-only
 #   INTEROP_MAIL_UID=N          uid owning the Maildirs (default 40125)
+#   INTEROP_IMAGE=TAG           also run the container image TAG (built by
+#                               docker/build-image.sh) with podman + runc
+#                               against the same servers (lib/image.sh)
 #
 # Needs root on a Debian-like system (it installs Dovecot, Postfix, swaks,
 # curl, openssl, fetchmail, libnet-ssleay-perl, python3 when missing).
@@ -47,6 +50,8 @@ source "$HERE/lib/dovecot.sh"
 source "$HERE/lib/postfix.sh"
 # shellcheck source=lib/postern.sh
 source "$HERE/lib/postern.sh"
+# shellcheck source=lib/image.sh
+source "$HERE/lib/image.sh"
 for suite in "${SUITES[@]}"; do
   # shellcheck source=/dev/null
   source "$HERE/suites/$suite.sh"
@@ -156,6 +161,7 @@ run_postern_checks() {
   done
   postern_check_log_secrets "${secrets[@]}"
   postern_stop_checked
+  [ -z "${INTEROP_IMAGE:-}" ] || image_checks "$INTEROP_IMAGE"
 }
 
 # ----------------------------------------------------------------- main
