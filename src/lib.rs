@@ -27,7 +27,7 @@ pub use postern_core::limits::SHUTDOWN_GRACE;
 pub mod admin;
 pub mod health;
 
-pub use postern_core::{config, prepare};
+pub use postern_core::{config, oauth, prepare};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,18 @@ pub async fn probe(
         }
         let c = route.config.clone();
         let limits = config.limits.resolve(&c.limits);
-        let credentials = login.then(|| route.credentials.probe_login()).flatten();
+        let stored = login.then(|| route.credentials.probe_login()).flatten();
+        let mut token_problem = None;
+        let credentials = match &stored {
+            None => None,
+            Some(resolved) => match resolved.login().await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    token_problem = Some(e.to_string());
+                    None
+                }
+            },
+        };
         let mut report = match c.protocol {
             Protocol::Pop3 => {
                 let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::POP3);
@@ -158,7 +169,10 @@ pub async fn probe(
                 Smtp::probe(&r, credentials.clone()).await
             }
         };
-        if login && credentials.is_none() {
+        if let Some(problem) = token_problem {
+            report.login = Some("failed: no OAuth2 access token".to_owned());
+            report.problems.push(problem);
+        } else if login && credentials.is_none() {
             report.login = Some(
                 "not tried: passthrough routes store no credentials (clients bring their own)"
                     .to_owned(),

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod oauth_cmd;
+
 use clap::{Parser, Subcommand};
 use postern::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +76,35 @@ enum Command {
     /// Print the JSON Schema of the configuration file, for editors and
     /// validators (`postern schema > postern.schema.json`).
     Schema,
+    /// OAuth2 accounts: make the state key, give consent, see their state.
+    #[command(subcommand)]
+    Oauth(OauthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OauthCommand {
+    /// Print a new key for `state_key_file` / `state_key_env` (base64 of
+    /// 32 random bytes).
+    Keygen,
+    /// Sign in once for an account with `grant: device_code`: prints a URL
+    /// and a code to enter on any device, waits for the approval, stores
+    /// the refresh token encrypted. No browser is needed here.
+    Login {
+        /// Configuration file (default: postern.yaml, then config/postern.yaml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The route's name.
+        route: String,
+        /// The account: its `local_user`, or `upstream_user` for a device.
+        account: String,
+    },
+    /// List every OAuth2 account: provider, grant, whether a token is
+    /// stored, expiry, last refresh and last error (never a token).
+    Status {
+        /// Configuration file (default: postern.yaml, then config/postern.yaml).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 const DEFAULT_PATHS: [&str; 2] = ["postern.yaml", "config/postern.yaml"];
@@ -135,6 +166,25 @@ fn main() -> ExitCode {
             login,
             json,
         } => probe(config, route.as_deref(), login, json),
+        Command::Oauth(OauthCommand::Keygen) => oauth_cmd::keygen(),
+        Command::Oauth(OauthCommand::Login {
+            config,
+            route,
+            account,
+        }) => match load(config) {
+            Ok(c) => oauth_cmd::login(&c, &route, &account),
+            Err(e) => {
+                eprintln!("postern: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Oauth(OauthCommand::Status { config }) => match load(config) {
+            Ok(c) => oauth_cmd::status(&c),
+            Err(e) => {
+                eprintln!("postern: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Schema => match postern::config::json_schema_text() {
             Ok(text) => {
                 println!("{text}");

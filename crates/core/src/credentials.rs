@@ -29,16 +29,96 @@ use crate::acl::Acl;
 use crate::config::{Account, Credentials};
 use crate::limits;
 pub use crate::login::{ClientAuth, Login, LoginRefused};
+use crate::oauth::{AccountSettings, OAuthError, StateContext, TokenSource};
+
+/// What preparing a route's accounts needs besides the account itself.
+#[derive(Debug, Clone)]
+pub struct AccountContext<'a> {
+    /// The route's name (OAuth2 store names, `postern oauth login ROUTE`).
+    pub route: &'a str,
+    /// The route's protocol (OAuth2 default scopes).
+    pub protocol: crate::config::Protocol,
+    /// The state key and directory.
+    pub state: StateContext,
+}
 use crate::secret::Secret;
 use crate::throttle::{Pause, Rule, Throttle};
+
+/// What postern logs in upstream with: a password, or a bearer token
+/// obtained for the account when the login happens.
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// A user name and password (passthrough or stored).
+    Password(Login),
+    /// An OAuth2 account: the user name, and where its tokens come from.
+    Bearer {
+        /// The upstream user name.
+        user: String,
+        /// The account's tokens.
+        tokens: Arc<TokenSource>,
+    },
+}
+
+impl UpstreamCredential {
+    /// The upstream user name (safe to log).
+    pub fn user(&self) -> &str {
+        match self {
+            Self::Password(l) => l.user(),
+            Self::Bearer { user, .. } => user,
+        }
+    }
+}
 
 /// The upstream login to use, and whether it is a stored one.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     /// What to log in upstream with.
-    pub upstream: Login,
+    pub upstream: UpstreamCredential,
     /// The stored account it came from (None: passthrough).
     pub account: Option<usize>,
+    /// Whether a refused token was already replaced once.
+    retried: bool,
+}
+
+impl Resolved {
+    fn new(upstream: UpstreamCredential, account: Option<usize>) -> Self {
+        Self {
+            upstream,
+            account,
+            retried: false,
+        }
+    }
+
+    /// The login to send now: the password, or the user name with a
+    /// current access token as its secret (the login machines build the
+    /// XOAUTH2 / OAUTHBEARER strings from it).
+    pub async fn login(&self) -> Result<Login, OAuthError> {
+        match &self.upstream {
+            UpstreamCredential::Password(l) => Ok(l.clone()),
+            UpstreamCredential::Bearer { user, tokens } => {
+                let token = tokens.access_token().await?;
+                Login::new(user.as_bytes(), token).map_err(|_| {
+                    OAuthError::Unreachable(
+                        "the access token contains a line break or NUL".to_owned(),
+                    )
+                })
+            }
+        }
+    }
+
+    /// The upstream refused `used`. For a bearer token, the first time:
+    /// forget that token so the next [`Resolved::login`] gets a fresh one,
+    /// and say the login should be tried once more on a new connection.
+    pub async fn retry_with_fresh_token(&mut self, used: &Login) -> bool {
+        match &self.upstream {
+            UpstreamCredential::Bearer { tokens, .. } if !self.retried => {
+                self.retried = true;
+                tokens.invalidate(used.password()).await;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why postern refused a client's login itself.
@@ -167,7 +247,7 @@ struct StoredAccount {
     local_user: Option<String>,
     local_secret: Option<Secret>,
     sources: Option<Acl>,
-    upstream: Login,
+    upstream: UpstreamCredential,
 }
 
 /// Local login failures per client address: 5 within 10 minutes block
@@ -241,27 +321,70 @@ fn hex_lower(b: &[u8]) -> Vec<u8> {
 impl StoredAccount {
     /// Loads one account's secrets; every problem is returned with the key
     /// (inside the account) it is about.
-    fn from_config(a: &Account, env: EnvLookup<'_>) -> Result<Self, Vec<(&'static str, String)>> {
+    fn from_config(
+        a: &Account,
+        env: EnvLookup<'_>,
+        ctx: &AccountContext<'_>,
+    ) -> Result<Self, Vec<(&'static str, String)>> {
         let mut problems = Vec::new();
-        let upstream = match load_secret(
-            a.upstream_password_env.as_deref(),
-            a.upstream_password_file.as_deref(),
-            env,
-        ) {
-            Ok(secret) => match Login::new(a.upstream_user.as_bytes(), secret) {
-                Ok(login) => Some(login),
+        let upstream = match &a.oauth {
+            Some(o) => {
+                let secret = match (&o.client_secret_env, &o.client_secret_file) {
+                    (None, None) => Ok(None),
+                    (var, file) => load_secret(var.as_deref(), file.as_deref(), env)
+                        .map(Some)
+                        .map_err(|e| {
+                            let key = if var.is_some() {
+                                "oauth.client_secret_env"
+                            } else {
+                                "oauth.client_secret_file"
+                            };
+                            problems.push((key, e.to_string()));
+                        }),
+                };
+                let account = a.local_user.as_deref().unwrap_or(&a.upstream_user);
+                match secret {
+                    Ok(secret) => match AccountSettings::prepare(
+                        ctx.route,
+                        ctx.protocol,
+                        account,
+                        &a.upstream_user,
+                        o,
+                        secret,
+                        &ctx.state,
+                    ) {
+                        Ok(settings) => Some(UpstreamCredential::Bearer {
+                            user: a.upstream_user.clone(),
+                            tokens: TokenSource::shared(settings),
+                        }),
+                        Err(p) => {
+                            problems.push((p.key, p.message));
+                            None
+                        }
+                    },
+                    Err(()) => None,
+                }
+            }
+            None => match load_secret(
+                a.upstream_password_env.as_deref(),
+                a.upstream_password_file.as_deref(),
+                env,
+            ) {
+                Ok(secret) => match Login::new(a.upstream_user.as_bytes(), secret) {
+                    Ok(login) => Some(UpstreamCredential::Password(login)),
+                    Err(e) => {
+                        problems.push(("upstream_user", e.to_string()));
+                        None
+                    }
+                },
                 Err(e) => {
-                    problems.push(("upstream_user", e.to_string()));
+                    problems.push((
+                        secret_key(a.upstream_password_env.is_some(), "upstream"),
+                        e.to_string(),
+                    ));
                     None
                 }
             },
-            Err(e) => {
-                problems.push((
-                    secret_key(a.upstream_password_env.is_some(), "upstream"),
-                    e.to_string(),
-                ));
-                None
-            }
         };
         let local_secret = match &a.local_user {
             Some(_) => match load_secret(
@@ -327,14 +450,18 @@ impl StoredAccount {
 
 impl CredentialSource {
     /// Builds the runtime source, loading every stored secret now.
-    pub fn from_config(c: &Credentials, env: EnvLookup<'_>) -> Result<Self, Vec<(String, String)>> {
+    pub fn from_config(
+        c: &Credentials,
+        env: EnvLookup<'_>,
+        ctx: &AccountContext<'_>,
+    ) -> Result<Self, Vec<(String, String)>> {
         let Credentials::Accounts(cfg) = c else {
             return Ok(Self::Passthrough);
         };
         let mut accounts = Vec::with_capacity(cfg.accounts.len());
         let mut problems = Vec::new();
         for (i, a) in cfg.accounts.iter().enumerate() {
-            match StoredAccount::from_config(a, env) {
+            match StoredAccount::from_config(a, env, ctx) {
                 Ok(x) => accounts.push(x),
                 Err(p) => problems.extend(
                     p.into_iter()
@@ -355,10 +482,27 @@ impl CredentialSource {
 
     /// The first stored account's upstream login (`postern probe --login`);
     /// `None` on a passthrough route, which stores no credentials.
-    pub fn probe_login(&self) -> Option<Login> {
+    pub fn token_sources(&self) -> Vec<Arc<TokenSource>> {
+        match self {
+            Self::Passthrough => Vec::new(),
+            Self::Accounts(a) => a
+                .accounts
+                .iter()
+                .filter_map(|x| match &x.upstream {
+                    UpstreamCredential::Bearer { tokens, .. } => Some(tokens.clone()),
+                    UpstreamCredential::Password(_) => None,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn probe_login(&self) -> Option<Resolved> {
         match self {
             Self::Passthrough => None,
-            Self::Accounts(a) => a.accounts.first().map(|x| x.upstream.clone()),
+            Self::Accounts(a) => a
+                .accounts
+                .first()
+                .map(|x| Resolved::new(x.upstream.clone(), Some(0))),
         }
     }
 
@@ -393,10 +537,7 @@ impl CredentialSource {
                 if a.backoff.paused(&i, now) {
                     Err(Refusal::AccountBackoff)
                 } else {
-                    Ok(Resolved {
-                        upstream: x.upstream.clone(),
-                        account: Some(i),
-                    })
+                    Ok(Resolved::new(x.upstream.clone(), Some(i)))
                 }
             })
         })
@@ -415,10 +556,9 @@ impl CredentialSource {
         let a = match self {
             Self::Passthrough => {
                 return match auth {
-                    ClientAuth::Password(login) => Ok(Resolved {
-                        upstream: login,
-                        account: None,
-                    }),
+                    ClientAuth::Password(login) => {
+                        Ok(Resolved::new(UpstreamCredential::Password(login), None))
+                    }
                     // Without a local secret postern cannot check a digest.
                     _ => Err(Refusal::BadCredentials),
                 };
@@ -442,20 +582,16 @@ impl CredentialSource {
                     if a.backoff.paused(&i, now) {
                         return Err(Refusal::AccountBackoff);
                     }
-                    Ok(Resolved {
-                        upstream: account.upstream.clone(),
-                        account: Some(i),
-                    })
+                    Ok(Resolved::new(account.upstream.clone(), Some(i)))
                 } else {
                     a.addresses.strike(peer, now);
                     Err(Refusal::BadCredentials)
                 }
             }
             None => match auth {
-                ClientAuth::Password(login) if a.passthrough => Ok(Resolved {
-                    upstream: login,
-                    account: None,
-                }),
+                ClientAuth::Password(login) if a.passthrough => {
+                    Ok(Resolved::new(UpstreamCredential::Password(login), None))
+                }
                 _ => {
                     // Same cost as a real check, so timing does not tell
                     // whether the user exists.
@@ -487,6 +623,24 @@ impl CredentialSource {
 mod tests {
     use super::*;
     use crate::config::{AccountsConfig, Credentials};
+
+    fn test_context() -> AccountContext<'static> {
+        AccountContext {
+            route: "r",
+            protocol: crate::config::Protocol::Smtp,
+            state: StateContext {
+                key: None,
+                dir: None,
+            },
+        }
+    }
+
+    fn password_of(r: &Resolved) -> &Secret {
+        match &r.upstream {
+            UpstreamCredential::Password(l) => l.password(),
+            UpstreamCredential::Bearer { .. } => panic!("a password account"),
+        }
+    }
 
     #[test]
     fn refuses_injection_characters() {
@@ -525,7 +679,7 @@ mod tests {
             .resolve(pw("u", "p"), ip(HOME))
             .expect("ok");
         assert_eq!(out.upstream.user(), "u");
-        assert_eq!(out.upstream.password().expose(), b"p");
+        assert_eq!(password_of(&out).expose(), b"p");
         assert!(out.account.is_none());
         let apop = ClientAuth::Apop {
             user: "u".into(),
@@ -562,7 +716,8 @@ accounts:
 "#;
         let mut cfg: AccountsConfig = yaml_serde::from_str(yaml).expect("yaml");
         cfg.passthrough = passthrough;
-        CredentialSource::from_config(&Credentials::Accounts(cfg), &env).expect("source")
+        CredentialSource::from_config(&Credentials::Accounts(cfg), &env, &test_context())
+            .expect("source")
     }
 
     #[test]
@@ -573,7 +728,7 @@ accounts:
             .expect("password");
         assert_eq!(out.upstream.user(), "office@example.net");
         assert_eq!(
-            out.upstream.password().expose(),
+            password_of(&out).expose(),
             b"upstream-secret",
             "one trailing newline stripped"
         );

@@ -9,6 +9,7 @@ pub mod io;
 pub mod limits;
 pub mod login;
 pub mod metrics;
+pub mod oauth;
 pub mod prepare;
 pub mod probe;
 pub mod proxy;

@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, Credentials, Problem, Route, Security};
-use crate::credentials::{process_env, CredentialSource, EnvLookup};
+use crate::credentials::{load_secret, process_env, AccountContext, CredentialSource, EnvLookup};
+use crate::oauth::{StateContext, StateKey};
 use crate::tls::{ListenSide, TlsSetupError, UpstreamTransport};
 
 /// One route with everything it reads loaded.
@@ -47,6 +48,18 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigError> {
 pub fn prepare_with(config: &Config, env: EnvLookup<'_>) -> Result<Prepared, ConfigError> {
     let mut routes = Vec::with_capacity(config.routes.len());
     let mut problems = Vec::new();
+    let key = state_key(config, env).map_err(|(key, message)| {
+        problems.push(Problem {
+            line: None,
+            route: None,
+            key: Some(key.to_owned()),
+            message,
+        })
+    });
+    let state = StateContext {
+        key: key.ok().flatten(),
+        dir: config.state_dir.clone(),
+    };
     for route in &config.routes {
         let mut problem = |key: String, message: String| {
             problems.push(Problem {
@@ -60,11 +73,17 @@ pub fn prepare_with(config: &Config, env: EnvLookup<'_>) -> Result<Prepared, Con
             .map_err(|e| problem("listen.certificate".to_owned(), e.to_string()));
         let transport = UpstreamTransport::prepare(&route.upstream)
             .map_err(|e| problem(upstream_key(&e).to_owned(), e.to_string()));
-        let credentials = CredentialSource::from_config(&route.credentials, env).map_err(|ps| {
-            for (key, message) in ps {
-                problem(key, message);
-            }
-        });
+        let ctx = AccountContext {
+            route: &route.name,
+            protocol: route.protocol,
+            state: state.clone(),
+        };
+        let credentials =
+            CredentialSource::from_config(&route.credentials, env, &ctx).map_err(|ps| {
+                for (key, message) in ps {
+                    problem(key, message);
+                }
+            });
         if let (Ok(listen), Ok(transport), Ok(credentials)) = (listen, transport, credentials) {
             routes.push(PreparedRoute {
                 config: route.clone(),
@@ -84,6 +103,29 @@ pub fn prepare_with(config: &Config, env: EnvLookup<'_>) -> Result<Prepared, Con
         routes,
         warnings: exposed_secrets(config),
     })
+}
+
+/// The key the OAuth2 token stores are sealed with, if one is configured.
+fn state_key(
+    config: &Config,
+    env: EnvLookup<'_>,
+) -> Result<Option<StateKey>, (&'static str, String)> {
+    let (var, file) = (
+        config.state_key_env.as_deref(),
+        config.state_key_file.as_deref(),
+    );
+    let which = if var.is_some() {
+        "state_key_env"
+    } else {
+        "state_key_file"
+    };
+    if var.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let text = load_secret(var, file, env).map_err(|e| (which, e.to_string()))?;
+    StateKey::from_base64(text.expose())
+        .map(Some)
+        .map_err(|e| (which, e.to_string()))
 }
 
 fn upstream_key(e: &TlsSetupError) -> &'static str {

@@ -221,10 +221,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsSe
     Ok(Arc::new(config))
 }
 
-/// Builds the client configuration for one route's upstream.
-pub fn client_config(up: &Upstream) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// The trust anchors: the certificates of a CA file, or the bundled roots
+/// plus the system's.
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
-    match &up.ca {
+    match ca {
         Some(path) => {
             for cert in load_ca_file(path)? {
                 roots.add(cert)?;
@@ -239,6 +240,23 @@ pub fn client_config(up: &Upstream) -> Result<Arc<ClientConfig>, TlsSetupError> 
     if roots.is_empty() {
         return Err(TlsSetupError::NoRoots);
     }
+    Ok(roots)
+}
+
+/// A client configuration for HTTPS to an identity provider: `ca` or the
+/// bundled and system roots, standard verification, HTTP/1.1.
+pub fn https_client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsSetupError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Builds the client configuration for one route's upstream.
+pub fn client_config(up: &Upstream) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let roots = roots(up.ca.as_deref())?;
     let provider = provider();
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()

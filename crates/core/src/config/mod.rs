@@ -15,6 +15,7 @@
 //! timeouts and limits), [`validate`] (every rule types cannot express),
 //! [`schema`] (the JSON Schema `postern schema` prints, from these types).
 
+mod oauth;
 mod route;
 mod schema;
 mod validate;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use oauth::*;
 pub use route::*;
 pub use schema::{json_schema, json_schema_text};
 pub use values::*;
@@ -47,6 +49,16 @@ pub struct Config {
     /// Limits for every route (each route may override).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Where postern keeps state between runs (OAuth2 token stores).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Environment variable holding the key that encrypts the token stores
+    /// (base64 of 32 bytes; `postern oauth keygen` prints one).
+    #[serde(default)]
+    pub state_key_env: Option<String>,
+    /// File holding that key.
+    #[serde(default)]
+    pub state_key_file: Option<PathBuf>,
     /// Every route: one listener, one protocol, one upstream.
     pub routes: Vec<Route>,
     /// The file this came from (for messages; relative paths in it are
@@ -217,6 +229,8 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        self.state_dir.iter_mut().for_each(fix);
+        self.state_key_file.iter_mut().for_each(fix);
         for route in &mut self.routes {
             let listen = &mut route.listen.0;
             listen.certificate.iter_mut().for_each(fix);
@@ -226,6 +240,11 @@ impl Config {
                 for a in &mut cfg.accounts {
                     a.local_password_file.iter_mut().for_each(fix);
                     a.upstream_password_file.iter_mut().for_each(fix);
+                    if let Some(o) = &mut a.oauth {
+                        o.client_secret_file.iter_mut().for_each(fix);
+                        o.ca.iter_mut().for_each(fix);
+                        o.token_store.iter_mut().for_each(fix);
+                    }
                 }
             }
         }

@@ -116,6 +116,10 @@ pub enum UpstreamAuth {
     Login,
     /// SASL CRAM-MD5 (RFC 2195).
     CramMd5,
+    /// SASL XOAUTH2 with an OAuth2 bearer token (Google, Microsoft).
+    Xoauth2,
+    /// SASL OAUTHBEARER with an OAuth2 bearer token (RFC 7628).
+    Oauthbearer,
     /// No authentication (SMTP only).
     None,
 }
@@ -124,6 +128,12 @@ impl UpstreamAuth {
     /// Whether this mechanism sends the password itself over the wire.
     pub fn sends_password_in_clear(self) -> bool {
         matches!(self, Self::User | Self::Plain | Self::Login)
+    }
+
+    /// Whether this mechanism logs in with an OAuth2 bearer token (from an
+    /// account's `oauth:`), not a password.
+    pub fn uses_bearer_token(self) -> bool {
+        matches!(self, Self::Xoauth2 | Self::Oauthbearer)
     }
 }
 
@@ -135,6 +145,8 @@ impl fmt::Display for UpstreamAuth {
             Self::Plain => "plain",
             Self::Login => "login",
             Self::CramMd5 => "cram-md5",
+            Self::Xoauth2 => "xoauth2",
+            Self::Oauthbearer => "oauthbearer",
             Self::None => "none",
         })
     }
@@ -299,6 +311,10 @@ pub struct Account {
     /// File holding the upstream password.
     #[serde(default)]
     pub upstream_password_file: Option<PathBuf>,
+    /// An OAuth2 token instead of an upstream password (routes with
+    /// `upstream.auth: xoauth2` or `oauthbearer`).
+    #[serde(default)]
+    pub oauth: Option<super::OAuthConfig>,
 }
 
 impl<'de> Deserialize<'de> for Credentials {

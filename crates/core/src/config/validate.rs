@@ -8,7 +8,8 @@ use std::path::Path;
 use base64::Engine as _;
 
 use super::{
-    AccountsConfig, Config, Credentials, Problem, Protocol, Route, Security, UpstreamAuth,
+    Account, AccountsConfig, Config, Credentials, OAuthGrant, OAuthProvider, Problem, Protocol,
+    Route, Security, UpstreamAuth,
 };
 
 impl Config {
@@ -60,6 +61,7 @@ impl Config {
                 );
             }
         }
+        self.validate_state(&mut top);
         if self.routes.is_empty() {
             top(
                 "routes",
@@ -104,6 +106,61 @@ impl Config {
             }
         }
         out
+    }
+}
+
+impl Config {
+    /// Whether any stored account gets its upstream credential from OAuth2.
+    pub fn has_oauth_accounts(&self) -> bool {
+        self.oauth_accounts().next().is_some()
+    }
+
+    /// Every OAuth2 account: (route, account index, account).
+    pub fn oauth_accounts(&self) -> impl Iterator<Item = (&Route, usize, &Account)> {
+        self.routes.iter().flat_map(|r| {
+            let accounts: &[Account] = match &r.credentials {
+                Credentials::Accounts(c) => &c.accounts,
+                Credentials::Passthrough => &[],
+            };
+            accounts
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.oauth.is_some())
+                .map(move |(i, a)| (r, i, a))
+        })
+    }
+
+    /// The top-level state settings OAuth2 accounts need.
+    fn validate_state(&self, top: &mut dyn FnMut(&str, String)) {
+        if self.state_key_env.is_some() && self.state_key_file.is_some() {
+            top(
+                "state_key_env",
+                "give either `state_key_env` or `state_key_file`, not both".to_owned(),
+            );
+        }
+        if !self.has_oauth_accounts() {
+            return;
+        }
+        if self.state_key_env.is_none() && self.state_key_file.is_none() {
+            top(
+                "state_key_file",
+                "OAuth2 accounts keep their tokens encrypted, and no key is configured: \
+                 run `postern oauth keygen > state.key`, `chmod 600 state.key`, \
+                 and add `state_key_file: state.key` (or put the key in an environment variable named by `state_key_env`)"
+                    .to_owned(),
+            );
+        }
+        let needs_dir = self
+            .oauth_accounts()
+            .any(|(_, _, a)| a.oauth.as_ref().is_some_and(|o| o.token_store.is_none()));
+        if needs_dir && self.state_dir.is_none() {
+            top(
+                "state_dir",
+                "OAuth2 accounts keep their token stores under `state_dir`; \
+                 add `state_dir:` (for example /var/lib/postern, as in the container image) or give each account `oauth.token_store:`"
+                    .to_owned(),
+            );
+        }
     }
 }
 
@@ -225,20 +282,27 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
 
     // Upstream side.
     let up = &route.upstream;
-    let auth_ok = match route.protocol {
-        Protocol::Pop3 => matches!(
-            up.auth,
-            UpstreamAuth::User | UpstreamAuth::Apop | UpstreamAuth::Plain | UpstreamAuth::CramMd5
-        ),
-        Protocol::Smtp => matches!(
-            up.auth,
-            UpstreamAuth::Plain | UpstreamAuth::Login | UpstreamAuth::CramMd5 | UpstreamAuth::None
-        ),
-    };
+    let auth_ok = up.auth.uses_bearer_token()
+        || match route.protocol {
+            Protocol::Pop3 => matches!(
+                up.auth,
+                UpstreamAuth::User
+                    | UpstreamAuth::Apop
+                    | UpstreamAuth::Plain
+                    | UpstreamAuth::CramMd5
+            ),
+            Protocol::Smtp => matches!(
+                up.auth,
+                UpstreamAuth::Plain
+                    | UpstreamAuth::Login
+                    | UpstreamAuth::CramMd5
+                    | UpstreamAuth::None
+            ),
+        };
     if !auth_ok {
         let allowed = match route.protocol {
-            Protocol::Pop3 => "user, apop, plain or cram-md5",
-            Protocol::Smtp => "plain, login, cram-md5 or none",
+            Protocol::Pop3 => "user, apop, plain, cram-md5, xoauth2 or oauthbearer",
+            Protocol::Smtp => "plain, login, cram-md5, xoauth2, oauthbearer or none",
         };
         p(
             "upstream.auth",
@@ -261,6 +325,31 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
                 up.auth
             ),
         );
+    }
+    if up.auth.uses_bearer_token() {
+        if up.security == Security::None {
+            p(
+                "upstream.security",
+                format!(
+                    "`auth: {}` sends a bearer token, which must never cross the network in clear; use `security: tls` or `starttls`",
+                    up.auth
+                ),
+            );
+        }
+        let accounts_ok = match &route.credentials {
+            Credentials::Passthrough => false,
+            Credentials::Accounts(c) => !c.passthrough,
+        };
+        if !accounts_ok {
+            p(
+                "credentials",
+                format!(
+                    "`auth: {}` logs in with OAuth2 tokens postern obtains itself, so the route needs stored accounts with `oauth:`, \
+                     and `passthrough` cannot be used (a client's password is not a token)",
+                    up.auth
+                ),
+            );
+        }
     }
     if up.security == Security::None {
         for (key, set) in [
@@ -329,13 +418,40 @@ fn validate_accounts(route: &Route, cfg: &AccountsConfig, p: &mut dyn FnMut(&str
                 "the upstream user name is empty or contains control characters".to_owned(),
             );
         }
-        check_secret_source(
-            a.upstream_password_env.as_deref(),
-            a.upstream_password_file.as_deref(),
-            &key("upstream_password_env"),
-            "upstream_password",
-            p,
-        );
+        let bearer = route.upstream.auth.uses_bearer_token();
+        match &a.oauth {
+            None if bearer => p(
+                &key("oauth"),
+                format!(
+                    "`upstream.auth: {}` needs an OAuth2 token: give this account an `oauth:` map instead of an upstream password",
+                    route.upstream.auth
+                ),
+            ),
+            None => check_secret_source(
+                a.upstream_password_env.as_deref(),
+                a.upstream_password_file.as_deref(),
+                &key("upstream_password_env"),
+                "upstream_password",
+                p,
+            ),
+            Some(_) if !bearer => p(
+                &key("oauth"),
+                format!(
+                    "an OAuth2 account needs `upstream.auth: xoauth2` or `oauthbearer`, not `{}`",
+                    route.upstream.auth
+                ),
+            ),
+            Some(o) => {
+                if a.upstream_password_env.is_some() || a.upstream_password_file.is_some() {
+                    p(
+                        &key("upstream_password_env"),
+                        "an OAuth2 account has no upstream password; remove `upstream_password_*`"
+                            .to_owned(),
+                    );
+                }
+                validate_oauth(o, &|k| key(&format!("oauth.{k}")), p);
+            }
+        }
         match &a.local_user {
             Some(user) => {
                 if user.is_empty() || user.bytes().any(|b| b.is_ascii_control() || b == b' ') {
@@ -379,6 +495,85 @@ fn validate_accounts(route: &Route, cfg: &AccountsConfig, p: &mut dyn FnMut(&str
                 );
             }
         }
+    }
+}
+
+fn validate_oauth(
+    o: &super::OAuthConfig,
+    key: &dyn Fn(&str) -> String,
+    p: &mut dyn FnMut(&str, String),
+) {
+    if o.client_id.trim().is_empty() {
+        p(&key("client_id"), "the client id is empty".to_owned());
+    }
+    if o.client_secret_env.is_some() && o.client_secret_file.is_some() {
+        p(
+            &key("client_secret_env"),
+            "give either `client_secret_env` or `client_secret_file`, not both".to_owned(),
+        );
+    }
+    let confidential = o.client_secret_env.is_some() || o.client_secret_file.is_some();
+    if o.grant == OAuthGrant::ClientCredentials && !confidential {
+        p(
+            &key("client_secret_env"),
+            "`grant: client_credentials` authenticates the app itself: it needs `client_secret_env` or `client_secret_file`".to_owned(),
+        );
+    }
+    match o.provider {
+        OAuthProvider::Custom => {
+            if o.token_url.is_none() {
+                p(
+                    &key("token_url"),
+                    "`provider: custom` needs `token_url:`".to_owned(),
+                );
+            }
+            if o.grant == OAuthGrant::DeviceCode && o.device_authorization_url.is_none() {
+                p(
+                    &key("device_authorization_url"),
+                    "`provider: custom` with `grant: device_code` needs `device_authorization_url:`"
+                        .to_owned(),
+                );
+            }
+        }
+        OAuthProvider::Microsoft => {
+            let tenant = o.tenant.as_deref().unwrap_or("organizations");
+            if o.grant == OAuthGrant::ClientCredentials
+                && matches!(tenant, "organizations" | "common" | "consumers")
+            {
+                p(
+                    &key("tenant"),
+                    "app-only access (`grant: client_credentials`) needs your tenant id or domain in `tenant:`".to_owned(),
+                );
+            }
+        }
+        OAuthProvider::Google => {}
+    }
+    if o.tenant.is_some() && o.provider != OAuthProvider::Microsoft {
+        p(
+            &key("tenant"),
+            "`tenant:` only applies to `provider: microsoft`".to_owned(),
+        );
+    }
+    for (name, url) in [
+        ("token_url", &o.token_url),
+        ("device_authorization_url", &o.device_authorization_url),
+    ] {
+        if let Some(url) = url {
+            if !url.starts_with("https://") || url.len() <= "https://".len() {
+                p(
+                    &key(name),
+                    format!(
+                        "`{url}` is not an https:// URL; tokens and secrets are only sent over TLS"
+                    ),
+                );
+            }
+        }
+    }
+    if o.scopes.as_ref().is_some_and(Vec::is_empty) {
+        p(
+            &key("scopes"),
+            "the list is empty; omit it for the provider's default scopes".to_owned(),
+        );
     }
 }
 

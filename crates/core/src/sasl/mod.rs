@@ -91,6 +91,70 @@ pub fn plain_response(login: &Login) -> Zeroizing<String> {
     Zeroizing::new(STANDARD.encode(&raw[..]))
 }
 
+/// The base64 XOAUTH2 client response (Google's and Microsoft's
+/// mechanism): `user={U}^Aauth=Bearer {T}^A^A`; the login's secret is the
+/// access token.
+pub fn xoauth2_response(login: &Login) -> Zeroizing<String> {
+    let mut raw = Zeroizing::new(Vec::with_capacity(login.password().expose().len() + 64));
+    raw.extend_from_slice(b"user=");
+    raw.extend_from_slice(login.user().as_bytes());
+    raw.extend_from_slice(b"\x01auth=Bearer ");
+    raw.extend_from_slice(login.password().expose());
+    raw.extend_from_slice(b"\x01\x01");
+    Zeroizing::new(STANDARD.encode(&raw[..]))
+}
+
+/// The base64 OAUTHBEARER client response (RFC 7628 §3.1): a GS2 header
+/// naming the user, then the host and port connected to and the token:
+/// `n,a={U},^Ahost={H}^Aport={P}^Aauth=Bearer {T}^A^A`. Commas and `=` in
+/// the user name are escaped as RFC 5801 §4 requires (`=2C`, `=3D`).
+pub fn oauthbearer_response(login: &Login, host: &str, port: u16) -> Zeroizing<String> {
+    let user = login.user().replace('=', "=3D").replace(',', "=2C");
+    let mut raw = Zeroizing::new(Vec::with_capacity(login.password().expose().len() + 96));
+    raw.extend_from_slice(
+        format!("n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer ").as_bytes(),
+    );
+    raw.extend_from_slice(login.password().expose());
+    raw.extend_from_slice(b"\x01\x01");
+    Zeroizing::new(STANDARD.encode(&raw[..]))
+}
+
+/// What the client answers a bearer mechanism's error challenge with, so
+/// the server can send its final failure (RFC 7628 §3.2.3 for OAUTHBEARER:
+/// a single `^A`; XOAUTH2: an empty response).
+pub fn bearer_error_ack(oauthbearer: bool) -> &'static [u8] {
+    if oauthbearer {
+        b"AQ=="
+    } else {
+        b""
+    }
+}
+
+/// The server's bearer error challenge (base64 JSON such as
+/// `{"status":"401","schemes":"bearer","scope":"..."}`) in words for the
+/// log: its `status` and `scope`, never more than 200 characters.
+pub fn bearer_error_summary(b64: &[u8]) -> String {
+    let Ok(raw) = STANDARD.decode(trim_ascii(b64)) else {
+        return "an error challenge that is not base64".to_owned();
+    };
+    let field = |name: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        v.get(name).map(|x| match x {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let out = match (field("status"), field("scope")) {
+        (None, None) => format!("\"{}\"", String::from_utf8_lossy(&raw).escape_debug()),
+        (status, scope) => format!(
+            "status={} scope={}",
+            status.as_deref().unwrap_or("-"),
+            scope.as_deref().unwrap_or("-")
+        ),
+    };
+    out.chars().take(200).collect()
+}
+
 /// Decodes and checks a server's CRAM-MD5 challenge (the text after `+ `).
 pub fn cram_md5_challenge(b64: &[u8]) -> Result<Vec<u8>, SaslError> {
     let raw = STANDARD
@@ -135,6 +199,63 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decoded(b64: &str) -> Vec<u8> {
+        STANDARD.decode(b64).expect("base64")
+    }
+
+    #[test]
+    fn xoauth2_matches_the_documented_format() {
+        // Google's XOAUTH2 documentation example.
+        let login = Login::new(
+            b"someuser@example.com",
+            Secret::from("ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"),
+        )
+        .expect("login");
+        let ir = xoauth2_response(&login);
+        assert_eq!(
+            *ir,
+            "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
+        );
+    }
+
+    #[test]
+    fn oauthbearer_matches_rfc7628() {
+        let login = Login::new(
+            b"user@example.com",
+            Secret::from("vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg=="),
+        )
+        .expect("login");
+        let ir = oauthbearer_response(&login, "server.example.com", 143);
+        assert_eq!(
+            decoded(&ir),
+            b"n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        // RFC 5801 §4: ',' and '=' in the authzid are escaped.
+        let odd = Login::new(b"a,b=c", Secret::from("t")).expect("login");
+        assert!(decoded(&oauthbearer_response(&odd, "h", 1)).starts_with(b"n,a=a=2Cb=3Dc,\x01"));
+        assert_eq!(
+            STANDARD.decode(bearer_error_ack(true)).expect("b64"),
+            b"\x01"
+        );
+        assert_eq!(bearer_error_ack(false), b"");
+    }
+
+    #[test]
+    fn bearer_error_challenges_are_summarised_without_echoing_blobs() {
+        let json = STANDARD
+            .encode(r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#);
+        assert_eq!(
+            bearer_error_summary(json.as_bytes()),
+            "status=401 scope=https://mail.google.com/"
+        );
+        assert_eq!(
+            bearer_error_summary(b"!!"),
+            "an error challenge that is not base64"
+        );
+        let long = STANDARD.encode("x".repeat(1000));
+        assert!(bearer_error_summary(long.as_bytes()).chars().count() <= 200);
+    }
 
     #[test]
     fn rfc2195_cram_md5_vector() {

@@ -5,6 +5,7 @@
 //!               │                                                            ▼
 //!               └──(none, tls)─────────────────────────────────────────► Capa ─► Done(Ready)
 //!  Ready::login(login) ─► Login: USER/PASS | APOP | AUTH PLAIN | AUTH CRAM-MD5
+//!                               | AUTH XOAUTH2 | AUTH OAUTHBEARER (token after `+ `)
 //!               ─► Done(LoggedIn) | Done(Refused) (the same Ready may try again)
 //! ```
 //! Fail-closed rules: with `starttls` the server must offer and accept STLS
@@ -31,6 +32,34 @@ enum Method {
     Apop(Vec<u8>),
     Plain,
     CramMd5,
+    Bearer(Bearer),
+}
+
+/// A bearer-token mechanism, with what OAUTHBEARER names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bearer {
+    Xoauth2,
+    OauthBearer { host: String, port: u16 },
+}
+
+impl Bearer {
+    fn name(&self) -> &'static [u8] {
+        match self {
+            Self::Xoauth2 => b"XOAUTH2",
+            Self::OauthBearer { .. } => b"OAUTHBEARER",
+        }
+    }
+
+    fn response(&self, login: &Login) -> zeroize::Zeroizing<String> {
+        match self {
+            Self::Xoauth2 => sasl::xoauth2_response(login),
+            Self::OauthBearer { host, port } => sasl::oauthbearer_response(login, host, *port),
+        }
+    }
+
+    fn error_ack(&self) -> &'static [u8] {
+        sasl::bearer_error_ack(matches!(self, Self::OauthBearer { .. }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +79,7 @@ pub struct Connect {
     auth: UpstreamAuth,
     state: ConnectState,
     timestamp: Option<Vec<u8>>,
+    target: Option<(String, u16)>,
     seen: Seen,
 }
 
@@ -75,6 +105,9 @@ enum LoginState {
     UserSent(Login),
     PlainAwaitGo(Login),
     CramAwaitChallenge(Login),
+    BearerAwaitGo(Login, Bearer),
+    BearerSent(Bearer),
+    BearerErrorAcked,
     AuthSent,
     Over,
 }
@@ -83,6 +116,15 @@ enum LoginState {
 #[derive(Debug)]
 pub struct LoginMachine {
     state: LoginState,
+    bearer_error: Option<String>,
+}
+
+impl LoginMachine {
+    /// The server's bearer error challenge in words (`status=401
+    /// scope=...`), when a token was refused.
+    pub fn bearer_error(&self) -> Option<&str> {
+        self.bearer_error.as_deref()
+    }
 }
 
 fn fail<T>(why: impl Into<String>) -> Result<T, UpstreamError> {
@@ -111,8 +153,16 @@ impl Connect {
             auth,
             state: ConnectState::Greeting,
             timestamp: None,
+            target: None,
             seen: Seen::default(),
         }
+    }
+
+    /// The host name and port the route connects to, which OAUTHBEARER
+    /// names to the server (RFC 7628 §3.1).
+    pub fn target(mut self, host: &str, port: u16) -> Self {
+        self.target = Some((host.to_owned(), port));
+        self
     }
 
     /// The first step: read the greeting.
@@ -158,6 +208,14 @@ impl Connect {
             },
             UpstreamAuth::Plain => (Method::Plain, Some("PLAIN")),
             UpstreamAuth::CramMd5 => (Method::CramMd5, Some("CRAM-MD5")),
+            UpstreamAuth::Xoauth2 => (Method::Bearer(Bearer::Xoauth2), Some("XOAUTH2")),
+            UpstreamAuth::Oauthbearer => match self.target.clone() {
+                Some((host, port)) => (
+                    Method::Bearer(Bearer::OauthBearer { host, port }),
+                    Some("OAUTHBEARER"),
+                ),
+                None => return fail("OAUTHBEARER needs the upstream's host and port"),
+            },
             other => return fail(format!("`auth: {other}` is not a POP3 login method")),
         };
         if let (Some(mech), Some(caps)) = (needed, &caps) {
@@ -308,8 +366,20 @@ impl Ready {
                 LoginState::CramAwaitChallenge(login),
                 Step::send(&[b"AUTH CRAM-MD5"]),
             ),
+            // Microsoft's documented two-line form: a token is far longer
+            // than a POP3 command line may be (RFC 2449: 255 octets).
+            Method::Bearer(b) => {
+                let step = Step::send(&[b"AUTH ", b.name()]);
+                (LoginState::BearerAwaitGo(login, b.clone()), step)
+            }
         };
-        (LoginMachine { state }, step)
+        (
+            LoginMachine {
+                state,
+                bearer_error: None,
+            },
+            step,
+        )
     }
 }
 
@@ -358,6 +428,31 @@ impl Machine for LoginMachine {
                 },
                 Status::Err(text) => refused(text),
                 Status::Ok(_) => fail("unexpected +OK to AUTH CRAM-MD5"),
+            },
+            LoginState::BearerAwaitGo(login, b) => match status {
+                Status::Continue(_) => {
+                    let response = b.response(&login);
+                    self.state = LoginState::BearerSent(b);
+                    Ok(Step::send(&[response.as_bytes()]))
+                }
+                Status::Err(text) => refused(text),
+                Status::Ok(_) => fail("unexpected +OK to AUTH before the token was sent"),
+            },
+            LoginState::BearerSent(b) => match status {
+                Status::Ok(_) => Ok(Step::Done(LoginDone::LoggedIn)),
+                Status::Err(text) => refused(text),
+                // The token was refused: the server explains in a JSON
+                // challenge and waits for a dummy response before its -ERR.
+                Status::Continue(challenge) => {
+                    self.bearer_error = Some(sasl::bearer_error_summary(challenge));
+                    self.state = LoginState::BearerErrorAcked;
+                    Ok(Step::send(&[b.error_ack()]))
+                }
+            },
+            LoginState::BearerErrorAcked => match status {
+                Status::Err(text) => refused(text),
+                Status::Ok(_) => fail("the server accepted a token it had just refused"),
+                Status::Continue(_) => fail("the server sent a second error challenge"),
             },
             LoginState::AuthSent => match status {
                 Status::Ok(_) => Ok(Step::Done(LoginDone::LoggedIn)),

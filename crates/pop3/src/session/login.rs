@@ -18,6 +18,8 @@ pub(super) const BLOCKED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
 const APOP_PAUSED: &[u8] =
     b"-ERR [SYS/TEMP] Too many failed logins for this user; postern pauses them for a while\r\n";
+const NO_TOKEN: &[u8] =
+    b"-ERR [SYS/TEMP] postern has no valid access token for this account; try again later\r\n";
 const STORED_REFUSED: &[u8] =
     b"-ERR [SYS/TEMP] The mail server is refusing this account for now; try again later\r\n";
 
@@ -51,18 +53,37 @@ pub(super) async fn attempt(
             return Ok(None);
         }
     }
-    let (mut link, ready) = match pending.take() {
-        Some(ready) => ready,
-        None => match open(route).await {
-            Ok(ready) => ready,
+    let mut resolved = resolved;
+    let (link, ready, machine, done) = loop {
+        let login = match resolved.login().await {
+            Ok(l) => l,
+            Err(e) => {
+                metrics::login(&route.name, LoginResult::Temporary);
+                tracing::error!(user = ?name, error = %e, "no OAuth2 access token for the account");
+                s.client.write(NO_TOKEN).await?;
+                return Ok(None);
+            }
+        };
+        let (mut link, ready) = match pending.take() {
+            Some(ready) => ready,
+            None => match open(route).await {
+                Ok(ready) => ready,
+                Err(e) => return Err(temporary(s, e).await),
+            },
+        };
+        s.stats.upstream_tls = link.tls_description();
+        let (mut machine, first) = ready.login(login.clone());
+        let done = match drive(&mut link, &mut machine, first).await {
+            Ok(d) => d,
             Err(e) => return Err(temporary(s, e).await),
-        },
-    };
-    s.stats.upstream_tls = link.tls_description();
-    let (mut machine, first) = ready.login(resolved.upstream);
-    let done = match drive(&mut link, &mut machine, first).await {
-        Ok(d) => d,
-        Err(e) => return Err(temporary(s, e).await),
+        };
+        if matches!(done, LoginDone::Refused(_)) && resolved.retry_with_fresh_token(&login).await {
+            tracing::info!(user = ?name, challenge = machine.bearer_error().unwrap_or("-"),
+                "the upstream refused the access token; retrying once with a fresh one on a new connection");
+            link.goodbye(b"QUIT\r\n").await;
+            continue;
+        }
+        break (link, ready, machine, done);
     };
     let account = resolved.account;
     let apop_guard = |succeeded: bool| {
@@ -96,7 +117,8 @@ pub(super) async fn attempt(
             };
             metrics::login(&route.name, result);
             apop_guard(false);
-            tracing::warn!(user = ?name, code = ?code, stored = account.is_some(), "the upstream refused the login");
+            tracing::warn!(user = ?name, code = ?code, stored = account.is_some(),
+                challenge = machine.bearer_error().unwrap_or("-"), "the upstream refused the login");
             let answer: &[u8] = match account {
                 // Stored credentials: a temporary, non-credential error, so
                 // the client does not prompt for a password it does not
@@ -118,7 +140,8 @@ pub(super) async fn attempt(
 async fn open(route: &Route<Pop3>) -> Result<(Link, Ready), UpstreamError> {
     let (link, ready) = route
         .open(|_| {
-            let m = Connect::new(route.transport.security(), route.auth);
+            let m = Connect::new(route.transport.security(), route.auth)
+                .target(&route.address.host, route.address.port);
             let first = m.begin();
             (m, first)
         })
@@ -179,7 +202,8 @@ pub(super) async fn probe(
     let mut p = route.probe_report();
     let (mut link, ready) = match route
         .open(|_| {
-            let m = Connect::new(route.transport.security(), route.auth);
+            let m = Connect::new(route.transport.security(), route.auth)
+                .target(&route.address.host, route.address.port);
             let first = m.begin();
             (m, first)
         })

@@ -4,7 +4,8 @@
 //!  Connect: Greeting ─► Ehlo ─(starttls)─► Starttls ─► [driver: TLS] ─► Ehlo (again) ─► Done(Ready)
 //!              │          └─ 5xx ─► Helo ─► Done(Ready) (only when neither TLS upgrade nor AUTH is needed)
 //!              └─(none, tls)────────────────────────────────────────────────────► Done(Ready)
-//!  Ready::login(login) ─► Login: AUTH PLAIN | LOGIN | CRAM-MD5 ─► Done(Authenticated) | Done(Refused)
+//!  Ready::login(login) ─► Login: AUTH PLAIN | LOGIN | CRAM-MD5 | XOAUTH2 | OAUTHBEARER
+//!                         ─► Done(Authenticated) | Done(Refused)
 //! ```
 //! Fail-closed rules: with `starttls` the server must offer and accept
 //! STARTTLS; after TLS the extensions are forgotten and EHLO is sent again
@@ -22,32 +23,52 @@ use super::ehlo::Extensions;
 use super::reply::{Reply, ReplyBuilder};
 
 /// The route's login mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Mechanism {
     Plain,
     Login,
     CramMd5,
+    Xoauth2,
+    OauthBearer { host: String, port: u16 },
 }
 
 impl Mechanism {
-    fn of(auth: UpstreamAuth) -> Result<Option<Self>, UpstreamError> {
+    fn of(
+        auth: UpstreamAuth,
+        target: Option<&(String, u16)>,
+    ) -> Result<Option<Self>, UpstreamError> {
         match auth {
             UpstreamAuth::None => Ok(None),
             UpstreamAuth::Plain => Ok(Some(Self::Plain)),
             UpstreamAuth::Login => Ok(Some(Self::Login)),
             UpstreamAuth::CramMd5 => Ok(Some(Self::CramMd5)),
+            UpstreamAuth::Xoauth2 => Ok(Some(Self::Xoauth2)),
+            UpstreamAuth::Oauthbearer => match target {
+                Some((host, port)) => Ok(Some(Self::OauthBearer {
+                    host: host.clone(),
+                    port: *port,
+                })),
+                None => fail("OAUTHBEARER needs the upstream's host and port"),
+            },
             other => fail(format!("`auth: {other}` is not an SMTP login method")),
         }
     }
 
-    fn name(self) -> &'static str {
+    fn name(&self) -> &'static str {
         match self {
             Self::Plain => "PLAIN",
             Self::Login => "LOGIN",
             Self::CramMd5 => "CRAM-MD5",
+            Self::Xoauth2 => "XOAUTH2",
+            Self::OauthBearer { .. } => "OAUTHBEARER",
         }
     }
 }
+
+/// RFC 4954 §4: an initial response may make the AUTH line long; servers
+/// must take 12,288 octets, but older ones cut lines shorter, so only
+/// responses well inside 1,000 octets go on the AUTH line itself.
+const MAX_INITIAL_RESPONSE: usize = 900;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnectState {
@@ -65,6 +86,7 @@ pub struct Connect {
     security: Security,
     auth: UpstreamAuth,
     ehlo_name: String,
+    target: Option<(String, u16)>,
     state: ConnectState,
     tls: bool,
     extensions: Extensions,
@@ -95,6 +117,9 @@ enum LoginState {
     LoginUser(Login),
     LoginPass(Login),
     Cram(Login),
+    BearerGo(Login, Mechanism),
+    BearerSent(Mechanism),
+    BearerErrorAcked,
     AuthSent,
     Over,
 }
@@ -103,6 +128,22 @@ enum LoginState {
 #[derive(Debug)]
 pub struct LoginMachine {
     state: LoginState,
+    bearer_error: Option<String>,
+}
+
+impl LoginMachine {
+    /// The server's bearer error challenge in words (`status=401
+    /// scope=...`), when a token was refused.
+    pub fn bearer_error(&self) -> Option<&str> {
+        self.bearer_error.as_deref()
+    }
+}
+
+fn bearer_response(m: &Mechanism, login: &Login) -> Zeroizing<String> {
+    match m {
+        Mechanism::OauthBearer { host, port } => sasl::oauthbearer_response(login, host, *port),
+        _ => sasl::xoauth2_response(login),
+    }
 }
 
 fn fail<T>(why: impl Into<String>) -> Result<T, UpstreamError> {
@@ -121,11 +162,19 @@ impl Connect {
             security,
             auth,
             ehlo_name,
+            target: None,
             state: ConnectState::Greeting,
             tls: security == Security::Tls,
             extensions: Extensions::default(),
             seen: Seen::default(),
         }
+    }
+
+    /// The host name and port the route connects to, which OAUTHBEARER
+    /// names to the server (RFC 7628 §3.1).
+    pub fn target(mut self, host: &str, port: u16) -> Self {
+        self.target = Some((host.to_owned(), port));
+        self
     }
 
     /// The first step: read the greeting.
@@ -140,8 +189,8 @@ impl Connect {
 
     /// After EHLO/HELO on the final connection: check what the route needs.
     fn ready(&mut self) -> Result<Step<Ready>, UpstreamError> {
-        let mechanism = Mechanism::of(self.auth)?;
-        if let Some(m) = mechanism {
+        let mechanism = Mechanism::of(self.auth, self.target.as_ref())?;
+        if let Some(m) = &mechanism {
             if !self.extensions.has_auth(m.name()) {
                 let why = format!(
                     "the server does not offer AUTH {}{}; not trying another mechanism",
@@ -262,12 +311,10 @@ impl Ready {
     /// Starts a login with the route's mechanism; `None` on an `auth: none`
     /// route, which does not log in.
     pub fn login(&self, login: Login) -> Option<(LoginMachine, Step<LoginDone>)> {
-        let (state, step) = match self.mechanism? {
+        let (state, step) = match self.mechanism.clone()? {
             Mechanism::Plain => {
                 let ir = sasl::plain_response(&login);
-                // RFC 4954 §4: an initial response may make the line long;
-                // servers accept 12,288 octets, so only very long ones wait.
-                if ir.len() < 900 {
+                if ir.len() < MAX_INITIAL_RESPONSE {
                     (
                         LoginState::AuthSent,
                         Step::send(&[b"AUTH PLAIN ", ir.as_bytes()]),
@@ -278,8 +325,26 @@ impl Ready {
             }
             Mechanism::Login => (LoginState::LoginUser(login), Step::send(&[b"AUTH LOGIN"])),
             Mechanism::CramMd5 => (LoginState::Cram(login), Step::send(&[b"AUTH CRAM-MD5"])),
+            m @ (Mechanism::Xoauth2 | Mechanism::OauthBearer { .. }) => {
+                let ir = bearer_response(&m, &login);
+                let name = m.name().as_bytes();
+                if ir.len() < MAX_INITIAL_RESPONSE {
+                    let step = Step::send(&[b"AUTH ", name, b" ", ir.as_bytes()]);
+                    (LoginState::BearerSent(m), step)
+                } else {
+                    // A token is usually longer: it follows the 334 go-ahead.
+                    let step = Step::send(&[b"AUTH ", name]);
+                    (LoginState::BearerGo(login, m), step)
+                }
+            }
         };
-        Some((LoginMachine { state }, step))
+        Some((
+            LoginMachine {
+                state,
+                bearer_error: None,
+            },
+            step,
+        ))
     }
 }
 
@@ -328,7 +393,27 @@ impl Machine for LoginMachine {
                     Err(e) => fail(e.to_string()),
                 }
             }
-            LoginState::AuthSent if code == 235 => Ok(Step::Done(LoginDone::Authenticated)),
+            LoginState::BearerGo(login, m) if code == 334 => {
+                let response = bearer_response(&m, &login);
+                self.state = LoginState::BearerSent(m);
+                Ok(Step::send(&[response.as_bytes()]))
+            }
+            // The token was refused: the server explains in a JSON
+            // challenge and waits for a dummy response before its 5xx.
+            LoginState::BearerSent(m) if code == 334 => {
+                self.bearer_error = Some(sasl::bearer_error_summary(reply.last_text()));
+                self.state = LoginState::BearerErrorAcked;
+                Ok(Step::send(&[sasl::bearer_error_ack(matches!(
+                    m,
+                    Mechanism::OauthBearer { .. }
+                ))]))
+            }
+            LoginState::BearerSent(_) | LoginState::AuthSent if code == 235 => {
+                Ok(Step::Done(LoginDone::Authenticated))
+            }
+            LoginState::BearerErrorAcked if code == 235 => {
+                fail("the server accepted a token it had just refused")
+            }
             LoginState::AuthSent if code == 334 => {
                 fail("the server asked for more SASL data than the mechanism has")
             }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use postern_core::credentials::{ClientAuth, Refusal, Resolved};
 use postern_core::metrics::{self, LoginResult};
+use postern_core::oauth::OAuthError;
 use postern_core::session::{refuse_locally, Closed, LocalRefusal, Route, Session, SessionEnd};
 use postern_core::upstream::{drive, Link, Misbehaved, UpstreamError};
 
@@ -14,8 +15,19 @@ use crate::proto::client::{Action, ClientSession, Forward, Kind, LoginOutcome};
 use crate::proto::reply::ReplyBuilder;
 use crate::proto::upstream::{Connect, LoginDone, Ready};
 
+const NO_TOKEN: &[u8] =
+    b"421 4.7.0 postern: no valid access token for this device's account; try again later\r\n";
 const DATA_NOT_STARTED: &[u8] =
     b"451 4.4.2 postern: the mail server answered DATA wrongly; the message was not sent, try again\r\n";
+
+/// How one upstream login attempt ended.
+#[derive(Debug)]
+enum Attempt {
+    /// The server answered the login.
+    Done(LoginDone),
+    /// No access token could be had for an OAuth2 account.
+    NoToken(OAuthError),
+}
 
 /// The upstream side of one SMTP session.
 #[derive(Debug, Default)]
@@ -84,8 +96,13 @@ impl Slot {
             Err(refusal) => return refused_locally(&route.name, s, &name, refusal).await,
         };
         let stored = resolved.account;
-        let done = match self.authenticate(route, s, resolved).await? {
-            Ok(done) => done,
+        let done = match self.authenticate(route, s, resolved, &name).await? {
+            Ok(Attempt::Done(done)) => done,
+            Ok(Attempt::NoToken(e)) => {
+                tracing::error!(user = ?name, error = %e, "no OAuth2 access token for the account");
+                metrics::login(&route.name, LoginResult::Temporary);
+                return Ok(LoginOutcome::TemporaryFailure);
+            }
             Err(e) => return Err(self.fail(s, e).await),
         };
         let outcome = match done {
@@ -127,25 +144,49 @@ impl Slot {
         Ok(outcome)
     }
 
-    /// Opens the connection if needed and runs the login machine. The
-    /// outer error is the client's side (already told); the inner one the
-    /// upstream's (the caller tells the client).
+    /// Opens the connection if needed and runs the login machine; a
+    /// refused OAuth2 token is replaced once and tried again on a new
+    /// connection. The outer error is the client's side (already told); the
+    /// inner one the upstream's (the caller tells the client).
     async fn authenticate(
         &mut self,
         route: &Route<Smtp>,
         s: &mut Session,
-        resolved: Resolved,
-    ) -> Result<Result<LoginDone, UpstreamError>, SessionEnd> {
-        let (link, ready) = match self.open.as_mut() {
-            Some(open) => open,
-            None => self.open.insert(open(route, s).await?),
-        };
-        Ok(match ready.login(resolved.upstream) {
-            Some((mut machine, first)) => drive(link, &mut machine, first).await,
-            None => Err(UpstreamError::Protocol(
-                "this route does not log in upstream (auth: none)".to_owned(),
-            )),
-        })
+        mut resolved: Resolved,
+        name: &str,
+    ) -> Result<Result<Attempt, UpstreamError>, SessionEnd> {
+        loop {
+            let login = match resolved.login().await {
+                Ok(l) => l,
+                Err(e) => return Ok(Ok(Attempt::NoToken(e))),
+            };
+            let (link, ready) = match self.open.as_mut() {
+                Some(open) => open,
+                None => self.open.insert(open(route, s).await?),
+            };
+            let Some((mut machine, first)) = ready.login(login.clone()) else {
+                return Ok(Err(UpstreamError::Protocol(
+                    "this route does not log in upstream (auth: none)".to_owned(),
+                )));
+            };
+            let done = match drive(link, &mut machine, first).await {
+                Ok(done) => done,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let LoginDone::Refused(reply) = &done {
+                let challenge = machine.bearer_error().unwrap_or("-").to_owned();
+                if resolved.retry_with_fresh_token(&login).await {
+                    tracing::info!(user = ?name, reply = %reply.summary(), challenge = %challenge,
+                        "the upstream refused the access token; retrying once with a fresh one on a new connection");
+                    self.goodbye().await;
+                    continue;
+                }
+                if challenge != "-" {
+                    tracing::warn!(user = ?name, challenge = %challenge, "the upstream explained the refusal");
+                }
+            }
+            return Ok(Ok(Attempt::Done(done)));
+        }
     }
 
     /// Forwards one command (opening the upstream first for devices and
@@ -193,36 +234,41 @@ impl Slot {
         s: &mut Session,
         device: Option<&Resolved>,
     ) -> Result<(), SessionEnd> {
-        let (mut link, ready) = open(route, s).await?;
-        if let Some(dev) = device {
-            let name = dev.upstream.user().to_owned();
-            let done = match ready.login(dev.upstream.clone()) {
-                Some((mut machine, first)) => drive(&mut link, &mut machine, first).await,
-                None => Err(UpstreamError::Protocol(
-                    "a device on a route that does not log in upstream".to_owned(),
-                )),
-            };
-            match (done, dev.account) {
-                (Ok(LoginDone::Authenticated), id) => {
-                    if let Some(id) = id {
-                        route.credentials.upstream_accepted(id);
-                    }
-                    tracing::info!(user = ?name, "device logged in upstream with stored credentials");
-                    s.user = Some(name);
+        let Some(dev) = device else {
+            self.open = Some(open(route, s).await?);
+            s.client.logged_in();
+            return Ok(());
+        };
+        let name = dev.upstream.user().to_owned();
+        let done = match self.authenticate(route, s, dev.clone(), &name).await? {
+            Ok(done) => done,
+            Err(e) => return Err(self.fail(s, e).await),
+        };
+        match (done, dev.account) {
+            (Attempt::Done(LoginDone::Authenticated), id) => {
+                if let Some(id) = id {
+                    route.credentials.upstream_accepted(id);
                 }
-                (Err(e), _) => return Err(self.fail(s, e).await),
-                (Ok(done), id) => {
-                    if let Some(id) = id {
-                        route.credentials.upstream_rejected(id);
-                    }
-                    tracing::warn!(user = ?name, step = ?done, "the upstream refused a device's stored credentials");
-                    let _ = s.client.write(DEVICE_REFUSED).await;
-                    return Err(Closed::DeviceRefused.into());
+                tracing::info!(user = ?name, "device logged in upstream with stored credentials");
+                s.user = Some(name);
+            }
+            (Attempt::NoToken(e), _) => {
+                tracing::error!(user = ?name, error = %e, "no OAuth2 access token for the device's account");
+                self.goodbye().await;
+                let _ = s.client.write(NO_TOKEN).await;
+                return Err(Closed::DeviceRefused.into());
+            }
+            (Attempt::Done(done), id) => {
+                if let Some(id) = id {
+                    route.credentials.upstream_rejected(id);
                 }
+                tracing::warn!(user = ?name, step = ?done, "the upstream refused a device's stored credentials");
+                self.goodbye().await;
+                let _ = s.client.write(DEVICE_REFUSED).await;
+                return Err(Closed::DeviceRefused.into());
             }
         }
         s.client.logged_in();
-        self.open = Some((link, ready));
         Ok(())
     }
 
@@ -264,7 +310,8 @@ async fn connect(route: &Route<Smtp>) -> Result<(Link, Ready), UpstreamError> {
                 Ok(IpAddr::V6(ip)) => format!("[IPv6:{ip}]"),
                 Err(_) => HOSTNAME.to_owned(),
             };
-            let m = Connect::new(route.transport.security(), route.auth, name);
+            let m = Connect::new(route.transport.security(), route.auth, name)
+                .target(&route.address.host, route.address.port);
             let first = m.begin();
             (m, first)
         })
