@@ -4,18 +4,21 @@
 //!   server/client configs built on the ring provider explicitly.
 //! - [`FakePop3`]: a scripted POP3 upstream on `127.0.0.1:0` (plain,
 //!   implicit TLS or STLS) that verifies USER/PASS, APOP, AUTH PLAIN and
-//!   AUTH CRAM-MD5 for real and logs [`Pop3Event`]s.
+//!   AUTH CRAM-MD5 for real, XOAUTH2 and OAUTHBEARER byte for byte against
+//!   a [`BearerVerifier`], and logs [`Pop3Event`]s.
 //! - [`FakeSmtp`]: a scripted SMTP submission upstream on `127.0.0.1:0`
 //!   (plain, implicit TLS or STARTTLS) that verifies AUTH PLAIN, LOGIN and
-//!   CRAM-MD5 for real, records messages byte-exactly and logs
-//!   [`SmtpEvent`]s.
+//!   CRAM-MD5 for real, XOAUTH2 and OAUTHBEARER like the POP3 fake,
+//!   records messages byte-exactly and logs [`SmtpEvent`]s.
 //! - [`LineClient`]: a CRLF line client (plain, TLS, in-place upgrade) to
 //!   drive either the fakes or postern itself.
-//! - Digest helpers checked against the RFC 1939 and RFC 2195 vectors.
+//! - Digest and SASL response helpers checked against the RFC 1939, RFC
+//!   2195 and RFC 7628 examples.
 //! - [`TempDir`]: a self-deleting temporary directory.
 #![forbid(unsafe_code)]
 
 mod auth;
+mod bearer;
 mod client;
 mod fake;
 mod pki;
@@ -28,8 +31,12 @@ mod tempdir;
 mod unique;
 
 pub use auth::{
-    cram_md5_digest, cram_md5_response, login_base64, lower_hex, rfc1939_apop_digest,
-    sasl_plain_response,
+    cram_md5_digest, cram_md5_response, login_base64, lower_hex, oauthbearer_response,
+    rfc1939_apop_digest, sasl_plain_response, xoauth2_response,
+};
+pub use bearer::{
+    BearerAttempt, BearerMechanism, BearerOutcome, BearerVerifier, SaslForm, DEFAULT_BEARER_ERROR,
+    DEFAULT_OAUTHBEARER_HOST,
 };
 pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
 pub use fake::FakeSecurity;
