@@ -10,6 +10,10 @@
 //!   (plain, implicit TLS or STARTTLS) that verifies AUTH PLAIN, LOGIN and
 //!   CRAM-MD5 for real, XOAUTH2 and OAUTHBEARER like the POP3 fake,
 //!   records messages byte-exactly and logs [`SmtpEvent`]s.
+//! - [`FakeIdp`]: a scripted OAuth2 authorization server over HTTPS (device
+//!   authorization, token endpoint with the device code, refresh and
+//!   client credentials grants, introspection) whose [`BearerVerifier`]
+//!   the fake upstreams check tokens with.
 //! - [`LineClient`]: a CRLF line client (plain, TLS, in-place upgrade) to
 //!   drive either the fakes or postern itself.
 //! - Digest and SASL response helpers checked against the RFC 1939, RFC
@@ -21,6 +25,7 @@ mod auth;
 mod bearer;
 mod client;
 mod fake;
+mod oauth;
 mod pki;
 mod pop3;
 mod sasl;
@@ -40,6 +45,11 @@ pub use bearer::{
 };
 pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
 pub use fake::FakeSecurity;
+pub use oauth::{
+    ClientAuth, DeviceOutcome, FakeIdp, GrantType, IdpClient, IdpEvent, IdpScript,
+    IssuedRefreshToken, IssuedToken, LoggedIdpEvent, RefreshTokenState, DEFAULT_CLIENT_ID,
+    DEVICE_CODE_GRANT,
+};
 pub use pki::{ring_provider, TestPki, DEFAULT_LEAF_NAMES, TEST_CA_COMMON_NAME};
 pub use pop3::{
     CapaBehaviour, FakePop3, LoggedEvent, Pop3Event, Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP,
