@@ -20,6 +20,7 @@
 //!   2195 and RFC 7628 examples.
 //! - [`TempDir`]: a self-deleting temporary directory.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod auth;
 mod bearer;

@@ -119,9 +119,11 @@ pub struct IdpScript {
     /// `alice`.
     pub device_outcome: DeviceOutcome,
     /// `authorization_pending` answers each device code gets before the
-    /// outcome (default 0).
+    /// outcome (default 0), counted from when the code is issued.
     pub pending_polls: u32,
-    /// Answer one poll (the next one) with `slow_down`.
+    /// Answer the first poll after start with `slow_down` (once; the
+    /// running fake's [`FakeIdp::slow_down_once`](crate::FakeIdp::slow_down_once)
+    /// arms it again).
     pub slow_down: bool,
     /// The `interval` (seconds) of the device authorization response
     /// (default 1; 0 for fast tests, though real clients may clamp it).

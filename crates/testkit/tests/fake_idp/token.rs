@@ -354,17 +354,17 @@ async fn short_lifetimes_expire_and_expires_in_can_be_omitted() {
     let (idp, https, _pki) = start(
         IdpScript::new()
             .interval(0)
-            .access_token_lifetime(Duration::from_secs(1))
+            .access_token_lifetime(Duration::from_secs(2))
             .access_token_len(1200),
     )
     .await;
     let tokens = login(&https).await;
-    assert_eq!(tokens["expires_in"], 1);
+    assert_eq!(tokens["expires_in"], 2);
     let access = tokens["access_token"].as_str().unwrap();
     assert_eq!(access.len(), 1200);
     let verifier = idp.verifier();
     assert_eq!(verifier.user_of(access).as_deref(), Some("alice"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(verifier.user_of(access), None);
     assert!(!idp.issued_access_tokens()[0].is_valid());
 
