@@ -1,8 +1,8 @@
 //! The fake IdP's endpoints: device authorization (RFC 8628 §3.1-3.2),
 //! the token endpoint with the device code (RFC 8628 §3.4-3.5), refresh
 //! (RFC 6749 §6) and client credentials (RFC 6749 §4.4) grants, and token
-//! introspection (RFC 7662). Each takes the state lock once and never
-//! across an `.await`.
+//! introspection (RFC 7662). None holds the state lock across an
+//! `.await` (they have none).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

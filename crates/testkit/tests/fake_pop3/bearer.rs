@@ -15,7 +15,17 @@ fn bearer_script(token: &str) -> Pop3Script {
     script()
         .credentials(USER, "unused")
         .sasl(&["XOAUTH2", "OAUTHBEARER"])
-        .bearer(BearerVerifier::fixed(token, USER))
+        .bearer(two_users(token))
+}
+
+/// `token` is USER's; `bobs.token` is bob's.
+fn two_users(token: &str) -> BearerVerifier {
+    let token = token.to_owned();
+    BearerVerifier::new(move |t| match t {
+        "bobs.token" => Some("bob@example.test".to_owned()),
+        t if t == token => Some(USER.to_owned()),
+        _ => None,
+    })
 }
 
 fn bearer_events(fake: &FakePop3) -> Vec<BearerAttempt> {
@@ -330,5 +340,39 @@ async fn bearer_login_over_tls_with_the_idp_shape_of_verifier() {
         method: "XOAUTH2".into(),
         tls: true
     }));
+    no_violations(&fake);
+}
+
+#[tokio::test]
+async fn someone_elses_valid_token_is_refused() {
+    let fake = FakePop3::start(bearer_script(&long_token())).await;
+    let (mut c, _) = connect(&fake).await;
+    // bob's valid token, presented as the script's user.
+    c.command("AUTH XOAUTH2").await.unwrap();
+    let line = c
+        .command(&xoauth2_response(USER, "bobs.token"))
+        .await
+        .unwrap();
+    assert_eq!(challenge_of(&line), DEFAULT_BEARER_ERROR);
+    assert!(c.command("").await.unwrap().starts_with("-ERR [AUTH]"));
+    // bob's valid token as bob, who is not the script's user.
+    c.command("AUTH XOAUTH2").await.unwrap();
+    c.command(&xoauth2_response("bob@example.test", "bobs.token"))
+        .await
+        .unwrap();
+    assert!(c.command("").await.unwrap().starts_with("-ERR [AUTH]"));
+    quit(&fake, &mut c).await;
+    let attempts = bearer_events(&fake);
+    assert!(
+        matches!(&attempts[0].outcome, BearerOutcome::Refused(w) if w.contains("belongs to \"bob@example.test\"")),
+        "{attempts:?}"
+    );
+    assert!(
+        matches!(&attempts[1].outcome, BearerOutcome::Refused(w) if w.contains("script's user"))
+    );
+    assert!(!fake
+        .events()
+        .iter()
+        .any(|e| matches!(e, Pop3Event::LoggedIn { .. })));
     no_violations(&fake);
 }

@@ -16,7 +16,17 @@ fn bearer_script(token: &str) -> SmtpScript {
     script()
         .credentials(USER, "unused")
         .auth_mechanisms(&["XOAUTH2", "OAUTHBEARER"])
-        .bearer(BearerVerifier::fixed(token, USER))
+        .bearer(two_users(token))
+}
+
+/// `token` is USER's; `bobs.token` is bob's.
+fn two_users(token: &str) -> BearerVerifier {
+    let token = token.to_owned();
+    BearerVerifier::new(move |t| match t {
+        "bobs.token" => Some("bob@example.test".to_owned()),
+        t if t == token => Some(USER.to_owned()),
+        _ => None,
+    })
 }
 
 fn bearer_events(fake: &FakeSmtp) -> Vec<BearerAttempt> {
@@ -284,5 +294,30 @@ async fn cancel_and_scripted_error_json_over_starttls() {
     assert!(
         matches!(&attempts[..], [BearerAttempt { outcome: BearerOutcome::Refused(w), .. }] if w.contains("no bearer verifier"))
     );
+    no_violations(&fake);
+}
+
+#[tokio::test]
+async fn someone_elses_valid_token_is_refused() {
+    let fake = FakeSmtp::start(bearer_script(&long_token())).await;
+    let mut c = connect(&fake).await;
+    ehlo(&mut c).await;
+    let ir = xoauth2_response(USER, "bobs.token");
+    let line = c.command(&format!("AUTH XOAUTH2 {ir}")).await.unwrap();
+    assert_eq!(challenge_of(&line), DEFAULT_BEARER_ERROR);
+    assert_eq!(
+        c.command("").await.unwrap(),
+        "535 5.7.8 Authentication unsuccessful"
+    );
+    quit(&fake, &mut c).await;
+    let attempts = bearer_events(&fake);
+    assert!(
+        matches!(&attempts[..], [BearerAttempt { outcome: BearerOutcome::Refused(w), .. }] if w.contains("belongs to \"bob@example.test\"")),
+        "{attempts:?}"
+    );
+    assert!(!fake
+        .events()
+        .iter()
+        .any(|e| matches!(e, SmtpEvent::AuthOk { .. })));
     no_violations(&fake);
 }
