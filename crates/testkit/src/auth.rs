@@ -57,6 +57,24 @@ pub fn login_base64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// XOAUTH2 client response as sent on the wire: base64 of
+/// `user={user}\x01auth=Bearer {token}\x01\x01`.
+pub fn xoauth2_response(user: &str, token: &str) -> String {
+    let raw = format!("user={user}\x01auth=Bearer {token}\x01\x01");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// OAUTHBEARER (RFC 7628 §3.1) client response as sent on the wire: base64
+/// of `n,a={user},\x01host={host}\x01port={port}\x01auth=Bearer
+/// {token}\x01\x01`, the user escaped as an RFC 5801 saslname (`,` as
+/// `=2C`, `=` as `=3D`).
+pub fn oauthbearer_response(user: &str, host: &str, port: u16, token: &str) -> String {
+    let saslname = user.replace('=', "=3D").replace(',', "=2C");
+    let raw =
+        format!("n,a={saslname},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +111,29 @@ mod tests {
             .decode(sasl_plain_response("", "tim", "tanstaaf"))
             .expect("valid base64");
         assert_eq!(decoded, b"\0tim\0tanstaaf");
+    }
+
+    #[test]
+    fn bearer_response_layouts() {
+        let decode = |s: String| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .expect("valid base64")
+        };
+        // Google's documented example (XOAUTH2 protocol page).
+        assert_eq!(
+            xoauth2_response("someuser@example.com", "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg"),
+            "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
+        );
+        // RFC 7628 §4.1's example, with an authzid.
+        assert_eq!(
+            decode(oauthbearer_response("user@example.com", "server.example.com", 143, "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==")),
+            b"n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        assert_eq!(
+            decode(oauthbearer_response("a,b=c", "h", 1, "t")),
+            b"n,a=a=2Cb=3Dc,\x01host=h\x01port=1\x01auth=Bearer t\x01\x01"
+        );
     }
 
     #[test]

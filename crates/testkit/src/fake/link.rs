@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::log::{Event, EventLog};
+use super::log::{EventLog, SessionEvent};
 use crate::stream::Stream;
 
 /// How a fake reads a command (or SASL) line and what it calls a broken
@@ -33,22 +33,26 @@ pub(crate) struct LineRules {
     pub non_utf8: &'static str,
 }
 
-pub(crate) struct Link<E: Event> {
+pub(crate) struct Link<E: SessionEvent> {
     log: EventLog<E>,
     id: usize,
     tls: bool,
+    /// The port the client connected to (what OAUTHBEARER's `port=` names).
+    local_port: u16,
     stream: Stream,
     /// Read but not yet consumed.
     pub(crate) buf: Vec<u8>,
 }
 
-impl<E: Event> Link<E> {
+impl<E: SessionEvent> Link<E> {
     /// A fresh plain connection, session number `id`.
     pub(crate) fn new(log: EventLog<E>, id: usize, tcp: TcpStream) -> Self {
+        let local_port = tcp.local_addr().map_or(0, |a| a.port());
         Self {
             log,
             id,
             tls: false,
+            local_port,
             stream: Stream::Plain(tcp),
             buf: Vec::new(),
         }
@@ -69,6 +73,11 @@ impl<E: Event> Link<E> {
 
     pub(crate) fn violation(&self, what: impl Into<String>) {
         self.record(E::violation(what.into()));
+    }
+
+    /// The port this connection came in on.
+    pub(crate) fn local_port(&self) -> u16 {
+        self.local_port
     }
 
     /// Whether the session is under TLS now.

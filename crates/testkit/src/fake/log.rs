@@ -1,10 +1,12 @@
 //! The event log every fake server keeps: one list for all its sessions,
 //! appended by the session tasks, read and waited on by the test.
 //!
-//! [`EventLog`] is generic over the fake's event enum through [`Event`],
-//! which names the events the shared plumbing records itself (connect,
-//! TLS, violations, close, panics); [`fake_event!`] implements it for an
-//! event enum with the usual variant names. [`event_log_api!`] writes the
+//! [`EventLog`] is generic over the fake's event enum through [`Event`]
+//! (how an event is stored, which one closes a connection, which are
+//! commands); [`SessionEvent`] adds the events the line-protocol plumbing
+//! records itself (connect, TLS, violations, panics). [`fake_event!`]
+//! implements both for an event enum with the usual variant names; the
+//! fake IdP, which speaks HTTP, implements only [`Event`]. [`event_log_api!`] writes the
 //! public reading/waiting methods onto a fake, so `FakePop3` and
 //! `FakeSmtp` offer the same ones with the same documentation.
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-/// A fake's event enum, as the shared plumbing sees it.
+/// A fake's event enum, as the event log sees it.
 pub(crate) trait Event: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     /// The public "event with its session number" struct.
     type Logged: Clone + fmt::Debug + Send + Sync + 'static;
@@ -25,6 +27,15 @@ pub(crate) trait Event: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     fn logged(session: usize, event: Self) -> Self::Logged;
     fn of(logged: &Self::Logged) -> &Self;
 
+    /// The connection's socket is closed.
+    fn closed() -> Self;
+    /// The command line, if this is a command event.
+    fn command(&self) -> Option<&str>;
+}
+
+/// The events the line-protocol plumbing ([`super::Link`],
+/// [`super::run_session`], the accept loop) records itself.
+pub(crate) trait SessionEvent: Event {
     /// A TCP connection was accepted.
     fn connected() -> Self;
     /// A TLS handshake completed.
@@ -35,12 +46,8 @@ pub(crate) trait Event: Clone + PartialEq + fmt::Debug + Send + Sync + 'static {
     fn violation(what: String) -> Self;
     /// The session ended without QUIT.
     fn closed_without_quit() -> Self;
-    /// The session's socket is closed.
-    fn closed() -> Self;
     /// A session task panicked.
     fn panicked(what: String) -> Self;
-    /// The command line, if this is a command event.
-    fn command(&self) -> Option<&str>;
 }
 
 /// Every event of one fake server, all sessions, in order. Cloning shares
@@ -163,7 +170,7 @@ impl<E: Event> EventLog<E> {
     }
 }
 
-/// `impl Event for $event`, where `$event` has the variants every fake
+/// `impl Event` and `impl SessionEvent` for `$event`, where `$event` has the variants every fake
 /// logs (`Connected`, `TlsEstablished`, `TlsFailed(String)`,
 /// `Command(String)`, `ClientViolation(String)`, `ClosedWithoutQuit`,
 /// `Closed`, `SessionPanicked(String)`) and `$logged` is
@@ -183,6 +190,19 @@ macro_rules! fake_event {
                 &logged.event
             }
 
+            fn closed() -> Self {
+                Self::Closed
+            }
+
+            fn command(&self) -> Option<&str> {
+                match self {
+                    Self::Command(line) => Some(line),
+                    _ => None,
+                }
+            }
+        }
+
+        impl $crate::fake::SessionEvent for $event {
             fn connected() -> Self {
                 Self::Connected
             }
@@ -203,19 +223,8 @@ macro_rules! fake_event {
                 Self::ClosedWithoutQuit
             }
 
-            fn closed() -> Self {
-                Self::Closed
-            }
-
             fn panicked(what: String) -> Self {
                 Self::SessionPanicked(what)
-            }
-
-            fn command(&self) -> Option<&str> {
-                match self {
-                    Self::Command(line) => Some(line),
-                    _ => None,
-                }
             }
         }
     };

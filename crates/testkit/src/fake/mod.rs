@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub(crate) use link::{LineRules, Link};
 pub(crate) use listener::Listener;
-pub(crate) use log::{event_log_api, fake_event, Event, EventLog};
+pub(crate) use log::{event_log_api, fake_event, Event, EventLog, SessionEvent};
 
 /// How the fake secures its side of the connection.
 #[derive(Clone, Debug)]
@@ -57,7 +57,7 @@ enum End {
 
 /// One fake protocol's session: its state plus the [`Link`] it talks over.
 pub(crate) trait Protocol: Send {
-    type Event: Event;
+    type Event: SessionEvent;
 
     /// The command that upgrades to TLS, as named in violations.
     const UPGRADE_VERB: &'static str;

@@ -1,5 +1,6 @@
 //! What the fake POP3 server logs: [`Pop3Event`] and [`LoggedEvent`].
 
+use crate::bearer::BearerAttempt;
 use crate::fake::fake_event;
 
 /// Something that happened on the fake's side.
@@ -18,7 +19,8 @@ pub enum Pop3Event {
     Command(String),
     /// Authentication succeeded.
     LoggedIn {
-        /// `"USER"`, `"APOP"`, `"PLAIN"` or `"CRAM-MD5"`.
+        /// `"USER"`, `"APOP"`, `"PLAIN"`, `"CRAM-MD5"`, `"XOAUTH2"` or
+        /// `"OAUTHBEARER"`.
         method: String,
         /// Whether the session was under TLS at the time.
         tls: bool,
@@ -30,16 +32,24 @@ pub enum Pop3Event {
     },
     /// The client answered a SASL challenge with `*`.
     AuthCancelled {
-        /// `"PLAIN"` or `"CRAM-MD5"`.
+        /// As in [`Pop3Event::LoggedIn`].
         method: String,
     },
+    /// An XOAUTH2 or OAUTHBEARER response was checked: the form, the user
+    /// it named and the verdict (never the token). Followed by
+    /// [`Pop3Event::LoggedIn`] or [`Pop3Event::AuthFailed`]; a
+    /// [`BearerOutcome::Malformed`](crate::BearerOutcome::Malformed) one
+    /// also by a [`Pop3Event::ClientViolation`].
+    BearerAuth(BearerAttempt),
     /// QUIT in TRANSACTION state; the 1-based numbers deleted (sorted).
     QuitCommitted {
         /// Message numbers as the session saw them.
         deleted: Vec<usize>,
     },
     /// The client broke the protocol in a way a real server might not
-    /// notice: bare LF, overlong line, bytes pipelined after STLS.
+    /// notice: bare LF, overlong line, bytes pipelined after STLS, an AUTH
+    /// line with an initial response over 255 octets, a malformed bearer
+    /// response, a wrong answer to the bearer error challenge.
     ClientViolation(String),
     /// The session ended without a QUIT command.
     ClosedWithoutQuit,

@@ -1,14 +1,30 @@
 //! POP3 login: USER/PASS and APOP (RFC 1939), AUTH PLAIN and CRAM-MD5
-//! (RFC 5034), each checked for real against the script's account.
+//! (RFC 5034), each checked for real against the script's account, and
+//! AUTH XOAUTH2 / OAUTHBEARER checked against the script's bearer
+//! verifier.
 
 use std::io;
 
 use base64::Engine as _;
 
 use super::events::Pop3Event;
-use super::session::{script_error, Session, State};
+use super::session::{script_error, Session, State, LINES};
 use crate::auth::rfc1939_apop_digest;
+use crate::bearer::{
+    self, BearerAttempt, BearerMechanism, BearerOutcome, SaslForm, BEARER_LINE_MAX,
+};
+use crate::fake::LineRules;
 use crate::sasl::{check_cram, check_plain, fresh_challenge, Verdict};
+
+/// RFC 2449 §4: a command line, CRLF included, is at most 255 octets; RFC
+/// 5034 §4: an initial response that would exceed it goes in a
+/// continuation instead.
+const MAX_COMMAND_LINE: usize = 255;
+/// Bearer response lines: tokens make them long.
+const BEARER_LINES: LineRules = LineRules {
+    max: BEARER_LINE_MAX,
+    ..LINES
+};
 
 const AUTH_FAILED: &str = "-ERR [AUTH] Authentication failed\r\n";
 const TLS_REQUIRED: &str = "-ERR [AUTH] TLS required\r\n";
@@ -89,6 +105,24 @@ impl Session {
         if !self.script().offers_sasl(&mech) {
             return Ok(script_error("unsupported SASL mechanism"));
         }
+        let line_len = "AUTH ".len() + args.len() + 2;
+        if initial.is_some() && line_len > MAX_COMMAND_LINE {
+            self.link.violation(format!(
+                "AUTH line of {line_len} octets with an initial response \
+                 (RFC 2449 §4, RFC 5034 §4: {MAX_COMMAND_LINE} at most)"
+            ));
+        }
+        if let Some(mechanism) = BearerMechanism::from_name(&mech) {
+            let (response, form) = match initial {
+                Some(ir) => (ir, SaslForm::InitialResponse),
+                // RFC 5034 §4: empty challenge is "+ ".
+                None => (
+                    self.bearer_challenge(b"+ \r\n").await?,
+                    SaslForm::Continuation,
+                ),
+            };
+            return self.finish_bearer(mechanism, form, &response).await;
+        }
         match mech.as_str() {
             "PLAIN" => {
                 let response = match initial {
@@ -120,6 +154,64 @@ impl Session {
         match self.read_line().await {
             Some(line) => Ok(line),
             None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    /// Send a continuation and read the client's answer, up to
+    /// [`BEARER_LINES`] long (never logged).
+    async fn bearer_challenge(&mut self, prompt: &[u8]) -> io::Result<String> {
+        self.link.write(prompt).await?;
+        match self.link.read_line(&BEARER_LINES).await {
+            Some(line) => Ok(line),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    /// Judge a bearer response; on a refused token play the error
+    /// challenge and read the client's dummy response before failing.
+    async fn finish_bearer(
+        &mut self,
+        mechanism: BearerMechanism,
+        form: SaslForm,
+        response: &str,
+    ) -> io::Result<Vec<u8>> {
+        let method = mechanism.as_str();
+        if response == "*" {
+            return Ok(self.cancelled(method));
+        }
+        let script = self.script();
+        let expected = bearer::Expected {
+            user: &script.user,
+            host: &script.oauthbearer_host,
+            port: script.oauthbearer_port.unwrap_or(self.link.local_port()),
+            verifier: script.bearer.as_ref(),
+        };
+        let (user, outcome) = bearer::check(mechanism, response, &expected);
+        let error_json = script.bearer_error.clone();
+        self.record(Pop3Event::BearerAuth(BearerAttempt {
+            mechanism,
+            form,
+            user,
+            outcome: outcome.clone(),
+        }));
+        match outcome {
+            BearerOutcome::Accepted => Ok(self.login(method)),
+            BearerOutcome::Malformed(why) => {
+                self.link.violation(format!("{method} response: {why}"));
+                Ok(self.fail(method))
+            }
+            BearerOutcome::Refused(_) => {
+                let prompt = format!("+ {}\r\n", bearer::error_challenge(&error_json));
+                let answer = self.bearer_challenge(prompt.as_bytes()).await?;
+                let dummy = mechanism.dummy_response();
+                if answer != dummy {
+                    self.link.violation(format!(
+                        "{method} error challenge answered with {} octets, not {dummy:?}",
+                        answer.len()
+                    ));
+                }
+                Ok(self.fail(method))
+            }
         }
     }
 

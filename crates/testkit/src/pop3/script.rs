@@ -1,5 +1,6 @@
 //! What one fake POP3 server does: [`Pop3Script`] and its behaviours.
 
+use crate::bearer::{BearerVerifier, DEFAULT_BEARER_ERROR, DEFAULT_OAUTHBEARER_HOST};
 use crate::fake::FakeSecurity;
 
 /// RFC 1939 §7's example timestamp; the default greeting timestamp.
@@ -52,8 +53,22 @@ pub struct Pop3Script {
     /// CAPA behaviour.
     pub capa: CapaBehaviour,
     /// SASL mechanisms listed in CAPA and accepted by AUTH (case-insensitive;
-    /// only PLAIN and CRAM-MD5 are implemented). Empty: no SASL line.
+    /// PLAIN, CRAM-MD5, XOAUTH2 and OAUTHBEARER are implemented). Empty: no
+    /// SASL line.
     pub sasl: Vec<String>,
+    /// Who an XOAUTH2/OAUTHBEARER token belongs to. A bearer login succeeds
+    /// when the response has the exact wire form, names [`Pop3Script::user`]
+    /// and carries a token this says is that user's. `None`: every bearer
+    /// login is refused.
+    pub bearer: Option<BearerVerifier>,
+    /// The `host=` OAUTHBEARER must carry (default `127.0.0.1`).
+    pub oauthbearer_host: String,
+    /// The `port=` OAUTHBEARER must carry; `None` (the default): the port
+    /// the fake listens on.
+    pub oauthbearer_port: Option<u16>,
+    /// The JSON sent, base64, in the error challenge after a refused
+    /// token; default [`DEFAULT_BEARER_ERROR`].
+    pub bearer_error: String,
     /// STLS behaviour.
     pub stls: StlsBehaviour,
     /// Mailbox contents, unstuffed, CRLF line ends. Shared by all sessions:
@@ -75,6 +90,10 @@ impl Default for Pop3Script {
             greeting_timestamp: Some(UNIQUE_TIMESTAMP.to_owned()),
             capa: CapaBehaviour::Normal,
             sasl: vec!["PLAIN".to_owned(), "CRAM-MD5".to_owned()],
+            bearer: None,
+            oauthbearer_host: DEFAULT_OAUTHBEARER_HOST.to_owned(),
+            oauthbearer_port: None,
+            bearer_error: DEFAULT_BEARER_ERROR.to_owned(),
             stls: StlsBehaviour::Accept,
             messages: Vec::new(),
             die_mid_retr: None,
@@ -117,6 +136,31 @@ impl Pop3Script {
     /// Set [`Pop3Script::sasl`].
     pub fn sasl(mut self, mechanisms: &[&str]) -> Self {
         self.sasl = mechanisms.iter().map(|m| (*m).to_owned()).collect();
+        self
+    }
+
+    /// Set [`Pop3Script::bearer`] (list XOAUTH2 and/or OAUTHBEARER in
+    /// [`Pop3Script::sasl`] too).
+    pub fn bearer(mut self, verifier: BearerVerifier) -> Self {
+        self.bearer = Some(verifier);
+        self
+    }
+
+    /// Set [`Pop3Script::oauthbearer_host`].
+    pub fn oauthbearer_host(mut self, host: &str) -> Self {
+        self.oauthbearer_host = host.to_owned();
+        self
+    }
+
+    /// Set [`Pop3Script::oauthbearer_port`].
+    pub fn oauthbearer_port(mut self, port: u16) -> Self {
+        self.oauthbearer_port = Some(port);
+        self
+    }
+
+    /// Set [`Pop3Script::bearer_error`].
+    pub fn bearer_error(mut self, json: &str) -> Self {
+        self.bearer_error = json.to_owned();
         self
     }
 

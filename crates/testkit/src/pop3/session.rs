@@ -13,7 +13,7 @@ use crate::sasl::fresh_challenge;
 
 /// Longest line the fake accepts. RFC 2449 §4 caps commands at 255 octets,
 /// but SASL responses (RFC 5034 §4) may be longer.
-const LINES: LineRules = LineRules {
+pub(super) const LINES: LineRules = LineRules {
     max: 8 * 1024,
     strict: false,
     too_long_reply: None,

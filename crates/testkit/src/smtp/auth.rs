@@ -1,5 +1,6 @@
 //! SMTP AUTH (RFC 4954) with PLAIN, LOGIN and CRAM-MD5, each checked for
-//! real against the script's account.
+//! real against the script's account, and XOAUTH2 / OAUTHBEARER checked
+//! against the script's bearer verifier.
 
 use std::io;
 
@@ -7,6 +8,10 @@ use base64::Engine as _;
 
 use super::events::SmtpEvent;
 use super::session::{Greeted, Session, GREET_FIRST, SASL_LINES};
+use crate::bearer::{
+    self, BearerAttempt, BearerMechanism, BearerOutcome, SaslForm, BEARER_LINE_MAX,
+};
+use crate::fake::LineRules;
 use crate::sasl::{check_cram, check_plain, decode, fresh_challenge, Verdict};
 
 const AUTH_OK: &str = "235 2.7.0 Authentication successful";
@@ -16,6 +21,17 @@ const AUTH_UNDECODABLE: &str = "501 5.5.2 Cannot decode response";
 const ENCRYPTION_REQUIRED: &str =
     "538 5.7.11 Encryption required for requested authentication mechanism";
 const UNRECOGNIZED_MECHANISM: &str = "504 5.5.4 Unrecognized authentication type";
+/// What Microsoft 365 answers a refused bearer token with.
+const BEARER_FAILED: &str = "535 5.7.8 Authentication unsuccessful";
+/// RFC 5321 §4.5.3.1.4: a command line, CRLF included, is at most 512
+/// octets; RFC 4954 §4: an initial response that would exceed it goes in a
+/// continuation instead.
+const MAX_COMMAND_LINE: usize = 512;
+/// Bearer response lines: tokens make them long.
+const BEARER_LINES: LineRules = LineRules {
+    max: BEARER_LINE_MAX,
+    ..SASL_LINES
+};
 /// LOGIN's prompts, base64 of "Username:" and "Password:".
 const LOGIN_USER_PROMPT: &str = "334 VXNlcm5hbWU6";
 const LOGIN_PASSWORD_PROMPT: &str = "334 UGFzc3dvcmQ6";
@@ -40,6 +56,26 @@ impl Session {
         };
         if !self.script().offers_mechanism(&mechanism) {
             return Ok(UNRECOGNIZED_MECHANISM.to_owned());
+        }
+        let line_len = "AUTH ".len() + args.len() + 2;
+        if initial.is_some() && line_len > MAX_COMMAND_LINE {
+            self.violation(format!(
+                "AUTH line of {line_len} octets with an initial response \
+                 (RFC 4954 §4, RFC 5321 §4.5.3.1.4: {MAX_COMMAND_LINE} at most)"
+            ));
+        }
+        if let Some(bearer) = BearerMechanism::from_name(&mechanism) {
+            let response = match initial {
+                Some(ir) => Some((ir, SaslForm::InitialResponse)),
+                None => match self.challenge_with("334 ", &BEARER_LINES).await? {
+                    Sasl::Response(r) => Some((r, SaslForm::Continuation)),
+                    Sasl::Cancelled => None,
+                },
+            };
+            return match response {
+                Some((r, form)) => self.finish_bearer(bearer, form, &r).await,
+                None => Ok(self.cancelled(bearer.as_str())),
+            };
         }
         match mechanism.as_str() {
             "PLAIN" => {
@@ -105,13 +141,82 @@ impl Session {
 
     /// Send a `334` prompt and read the client's line (never logged).
     async fn challenge(&mut self, prompt: &str) -> io::Result<Sasl> {
+        self.challenge_with(prompt, &SASL_LINES).await
+    }
+
+    /// [`Session::challenge`] reading the answer with `rules`.
+    async fn challenge_with(&mut self, prompt: &str, rules: &LineRules) -> io::Result<Sasl> {
         self.link.write_line(prompt).await?;
-        match self.link.read_line(&SASL_LINES).await {
+        match self.link.read_line(rules).await {
             // RFC 4954 §4: "*" cancels the exchange.
             Some(line) if line == "*" => Ok(Sasl::Cancelled),
             Some(line) => Ok(Sasl::Response(line)),
             None => Err(io::ErrorKind::UnexpectedEof.into()),
         }
+    }
+
+    /// Judge a bearer response; on a refused token play the error
+    /// challenge and read the client's dummy response before failing.
+    async fn finish_bearer(
+        &mut self,
+        mechanism: BearerMechanism,
+        form: SaslForm,
+        response: &str,
+    ) -> io::Result<String> {
+        let name = mechanism.as_str();
+        let script = self.script();
+        let expected = bearer::Expected {
+            user: &script.user,
+            host: &script.oauthbearer_host,
+            port: script.oauthbearer_port.unwrap_or(self.link.local_port()),
+            verifier: script.bearer.as_ref(),
+        };
+        let (user, outcome) = bearer::check(mechanism, response, &expected);
+        let error_json = script.bearer_error.clone();
+        self.record(SmtpEvent::BearerAuth(BearerAttempt {
+            mechanism,
+            form,
+            user,
+            outcome: outcome.clone(),
+        }));
+        match outcome {
+            BearerOutcome::Accepted => Ok(self.conclude(name, Verdict::Accepted)),
+            BearerOutcome::Malformed(why) => {
+                self.violation(format!("{name} response: {why}"));
+                self.bearer_failed(name);
+                let undecodable = base64::engine::general_purpose::STANDARD
+                    .decode(response)
+                    .is_err();
+                Ok(if undecodable {
+                    AUTH_UNDECODABLE
+                } else {
+                    BEARER_FAILED
+                }
+                .to_owned())
+            }
+            BearerOutcome::Refused(_) => {
+                let prompt = format!("334 {}", bearer::error_challenge(&error_json));
+                self.link.write_line(&prompt).await?;
+                let Some(answer) = self.link.read_line(&BEARER_LINES).await else {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                };
+                let dummy = mechanism.dummy_response();
+                if answer != dummy {
+                    self.violation(format!(
+                        "{name} error challenge answered with {} octets, not {dummy:?}",
+                        answer.len()
+                    ));
+                }
+                self.bearer_failed(name);
+                Ok(BEARER_FAILED.to_owned())
+            }
+        }
+    }
+
+    fn bearer_failed(&self, mechanism: &str) {
+        self.record(SmtpEvent::AuthFailed {
+            mechanism: mechanism.to_owned(),
+        });
     }
 
     fn cancelled(&self, mechanism: &str) -> String {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::bearer::BearerAttempt;
 use crate::fake::fake_event;
 
 /// Which bare line-ending octet was seen in message data.
@@ -34,7 +35,8 @@ pub enum SmtpEvent {
     Helo(String),
     /// Authentication succeeded.
     AuthOk {
-        /// `"PLAIN"`, `"LOGIN"` or `"CRAM-MD5"`.
+        /// `"PLAIN"`, `"LOGIN"`, `"CRAM-MD5"`, `"XOAUTH2"` or
+        /// `"OAUTHBEARER"`.
         mechanism: String,
         /// Whether the session was under TLS at the time.
         tls: bool,
@@ -50,6 +52,12 @@ pub enum SmtpEvent {
         /// As in [`SmtpEvent::AuthOk`].
         mechanism: String,
     },
+    /// An XOAUTH2 or OAUTHBEARER response was checked: the form, the user
+    /// it named and the verdict (never the token). Followed by
+    /// [`SmtpEvent::AuthOk`] or [`SmtpEvent::AuthFailed`]; a
+    /// [`BearerOutcome::Malformed`](crate::BearerOutcome::Malformed) one
+    /// also by a [`SmtpEvent::ClientViolation`].
+    BearerAuth(BearerAttempt),
     /// MAIL accepted (2xx); everything after `FROM:` verbatim, parameters
     /// included: `<a@x.test> SIZE=120 BODY=8BITMIME`.
     MailFrom(String),
@@ -94,7 +102,9 @@ pub enum SmtpEvent {
     Quit,
     /// The client broke the protocol in a way a real server might not
     /// notice: bare LF/CR in a command line, a line over 2048 octets, bytes
-    /// pipelined after STARTTLS or before `354`, non-UTF-8 commands.
+    /// pipelined after STARTTLS or before `354`, non-UTF-8 commands, an
+    /// AUTH line with an initial response over 512 octets, a malformed
+    /// bearer response, a wrong answer to the bearer error challenge.
     ClientViolation(String),
     /// The session ended without a QUIT command.
     ClosedWithoutQuit,

@@ -1,6 +1,7 @@
 //! What one fake SMTP server does: [`SmtpScript`] and its behaviours.
 
 use super::session::multiline;
+use crate::bearer::{BearerVerifier, DEFAULT_BEARER_ERROR, DEFAULT_OAUTHBEARER_HOST};
 use crate::fake::FakeSecurity;
 
 /// The name the fake calls itself in its greeting, EHLO reply and
@@ -67,8 +68,22 @@ pub struct SmtpScript {
     /// The one account's password (may contain spaces).
     pub password: String,
     /// SASL mechanisms advertised and accepted, in order (case-insensitive;
-    /// PLAIN, LOGIN and CRAM-MD5 are implemented). Empty: no AUTH at all.
+    /// PLAIN, LOGIN, CRAM-MD5, XOAUTH2 and OAUTHBEARER are implemented).
+    /// Empty: no AUTH at all.
     pub auth_mechanisms: Vec<String>,
+    /// Who an XOAUTH2/OAUTHBEARER token belongs to. A bearer login succeeds
+    /// when the response has the exact wire form, names [`SmtpScript::user`]
+    /// and carries a token this says is that user's. `None`: every bearer
+    /// login is refused.
+    pub bearer: Option<BearerVerifier>,
+    /// The `host=` OAUTHBEARER must carry (default `127.0.0.1`).
+    pub oauthbearer_host: String,
+    /// The `port=` OAUTHBEARER must carry; `None` (the default): the port
+    /// the fake listens on.
+    pub oauthbearer_port: Option<u16>,
+    /// The JSON sent, base64, in the error challenge after a refused
+    /// token; default [`DEFAULT_BEARER_ERROR`].
+    pub bearer_error: String,
     /// Neither advertise nor accept AUTH before TLS (`538 5.7.11`).
     pub auth_only_after_tls: bool,
     /// MAIL before a successful AUTH gets `530 5.7.0`.
@@ -109,6 +124,10 @@ impl Default for SmtpScript {
             user: "alice".to_owned(),
             password: "wonderland".to_owned(),
             auth_mechanisms: strings(&["PLAIN", "LOGIN", "CRAM-MD5"]),
+            bearer: None,
+            oauthbearer_host: DEFAULT_OAUTHBEARER_HOST.to_owned(),
+            oauthbearer_port: None,
+            bearer_error: DEFAULT_BEARER_ERROR.to_owned(),
             auth_only_after_tls: false,
             require_auth: true,
             extensions: strings(&[
@@ -157,6 +176,31 @@ impl SmtpScript {
     /// Set [`SmtpScript::auth_mechanisms`].
     pub fn auth_mechanisms(mut self, mechanisms: &[&str]) -> Self {
         self.auth_mechanisms = strings(mechanisms);
+        self
+    }
+
+    /// Set [`SmtpScript::bearer`] (list XOAUTH2 and/or OAUTHBEARER in
+    /// [`SmtpScript::auth_mechanisms`] too).
+    pub fn bearer(mut self, verifier: BearerVerifier) -> Self {
+        self.bearer = Some(verifier);
+        self
+    }
+
+    /// Set [`SmtpScript::oauthbearer_host`].
+    pub fn oauthbearer_host(mut self, host: &str) -> Self {
+        self.oauthbearer_host = host.to_owned();
+        self
+    }
+
+    /// Set [`SmtpScript::oauthbearer_port`].
+    pub fn oauthbearer_port(mut self, port: u16) -> Self {
+        self.oauthbearer_port = Some(port);
+        self
+    }
+
+    /// Set [`SmtpScript::bearer_error`].
+    pub fn bearer_error(mut self, json: &str) -> Self {
+        self.bearer_error = json.to_owned();
         self
     }
 

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bearer;
 mod login;
 mod session;
 mod tls;
@@ -14,8 +15,10 @@ use std::io;
 use std::time::Duration;
 
 use postern_testkit::{
-    cram_md5_response, dot_unstuff, rfc1939_apop_digest, sasl_plain_response, CapaBehaviour,
-    FakePop3, FakeSecurity, LineClient, Pop3Event, Pop3Script, StlsBehaviour, TestPki,
+    cram_md5_response, dot_unstuff, oauthbearer_response, rfc1939_apop_digest, sasl_plain_response,
+    xoauth2_response, BearerAttempt, BearerMechanism, BearerOutcome, BearerVerifier, CapaBehaviour,
+    FakePop3, FakeSecurity, LineClient, Pop3Event, Pop3Script, SaslForm, StlsBehaviour, TestPki,
+    DEFAULT_BEARER_ERROR,
 };
 
 use support::{assert_sessions_framed, WAIT};

@@ -7,6 +7,7 @@
 mod support;
 
 mod auth;
+mod bearer;
 mod data;
 mod envelope;
 mod session;
@@ -16,9 +17,10 @@ use std::io;
 use std::time::Duration;
 
 use postern_testkit::{
-    cram_md5_response, dot_stuff, login_base64, sasl_plain_response, BareKind, DataEnd,
-    EhloBehaviour, FakeSecurity, FakeSmtp, LineClient, SmtpEvent, SmtpScript, StarttlsBehaviour,
-    TestPki,
+    cram_md5_response, dot_stuff, login_base64, oauthbearer_response, sasl_plain_response,
+    xoauth2_response, BareKind, BearerAttempt, BearerMechanism, BearerOutcome, BearerVerifier,
+    DataEnd, EhloBehaviour, FakeSecurity, FakeSmtp, LineClient, SaslForm, SmtpEvent, SmtpScript,
+    StarttlsBehaviour, TestPki, DEFAULT_BEARER_ERROR,
 };
 
 use support::{assert_sessions_framed, WAIT};
