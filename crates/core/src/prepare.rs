@@ -141,7 +141,7 @@ fn upstream_key(e: &TlsSetupError) -> &'static str {
 /// prints it and `run` logs it, as ssh does for private keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExposedSecret {
-    /// The route that reads the file.
+    /// The route that reads the file (empty for a top-level setting).
     pub route: String,
     /// The key naming the file (`credentials.accounts[0].upstream_password_file`).
     pub key: String,
@@ -154,12 +154,15 @@ pub struct ExposedSecret {
 impl std::fmt::Display for ExposedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let path = self.path.display();
+        if !self.route.is_empty() {
+            write!(f, "route \"{}\": ", self.route)?;
+        }
         write!(
             f,
-            "route \"{}\": {}: permissions {:04o} for {path} are too open: every user on this machine can read this secret; \
+            "{}: permissions {:04o} for {path} are too open: every user on this machine can read this secret; \
              restrict it with `chmod 600 {path}` (or 640 with a group only postern is in; \
              Docker and Kubernetes secrets: mount them with mode 0400)",
-            self.route, self.key, self.mode
+            self.key, self.mode
         )
     }
 }
@@ -168,6 +171,16 @@ impl std::fmt::Display for ExposedSecret {
 /// can read.
 pub fn exposed_secrets(config: &Config) -> Vec<ExposedSecret> {
     let mut out = Vec::new();
+    if let Some(path) = &config.state_key_file {
+        if let Some(mode) = crate::secret::readable_by_everyone(path) {
+            out.push(ExposedSecret {
+                route: String::new(),
+                key: "state_key_file".to_owned(),
+                path: path.clone(),
+                mode,
+            });
+        }
+    }
     for route in &config.routes {
         let mut files: Vec<(String, &Path)> = Vec::new();
         if route.listen.0.security != Security::None {
@@ -183,6 +196,9 @@ pub fn exposed_secrets(config: &Config) -> Vec<ExposedSecret> {
                 }
                 if let Some(f) = &a.local_password_file {
                     files.push((key("local_password_file"), f));
+                }
+                if let Some(f) = a.oauth.as_ref().and_then(|o| o.client_secret_file.as_ref()) {
+                    files.push((key("oauth.client_secret_file"), f));
                 }
             }
         }
@@ -307,10 +323,21 @@ mod tests {
         std::fs::rename(chain, dir.path().join("certs/server.pem")).expect("rename");
         std::fs::rename(key, dir.path().join("certs/server.key")).expect("rename");
         std::fs::write(dir.path().join("secrets/office_pw"), "example\n").expect("secret");
+        std::fs::write(dir.path().join("secrets/google_client_secret"), "example\n")
+            .expect("secret");
+        let key = StateKey::generate().to_base64();
+        std::fs::write(dir.path().join("state.key"), key.expose()).expect("state key");
         let env = |name: &str| {
-            ["SCANNER_PW", "PRINTER_PW", "RECEPTION_PW", "OFFICE_PW"]
-                .contains(&name)
-                .then(|| "example".into())
+            [
+                "SCANNER_PW",
+                "PRINTER_PW",
+                "RECEPTION_PW",
+                "OFFICE_PW",
+                "M365_SECRET",
+                "LOCAL_PW",
+            ]
+            .contains(&name)
+            .then(|| "example".into())
         };
         let mut n = 0;
         let image_default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docker/postern.yaml");
