@@ -205,7 +205,7 @@ oauth_log() {
 # oauth_counts NAME BEFORE-FILE EXPECTATION...: the IdP's counters since
 # the snapshot BEFORE-FILE.
 oauth_counts() {
-  local name=$1 before=$2 rc=0 args=()
+  local name=$1 before=$2 rc=0 args=() e
   shift 2
   for e in "$@"; do args+=(--expect "$e"); done
   python3 "$HERE/oauth_check.py" counts --results "$RESULTS" --name "$name" --before "$before" \
