@@ -29,6 +29,9 @@
 #                               with a fake authorization server (fake_idp.py),
 #                               and postern's OAuth2 routes in front of them.
 #                               Needed for --dovecot-only and --attach alike
+#   INTEROP_OAUTH_TOKEN_LIFETIME=N  the fake IdP's access-token lifetime in
+#                               seconds (default 3600; the oauth suite's
+#                               token counts assume no token expires mid-run)
 #
 # Needs root on a Debian-like system (it installs Dovecot, Postfix, swaks,
 # curl, openssl, fetchmail, libnet-ssleay-perl, python3 when missing).
