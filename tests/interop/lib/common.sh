@@ -32,8 +32,10 @@ driver_status() {
 # Prints the table and returns non-zero unless every check passed and there
 # was at least one (a run that checked nothing is a failure, not a pass).
 SUMMARY_DONE=
+# Lines the summary prints after the table: what this run left out.
+NOT_RUN_NOTES=()
 summary() {
-  local total passed failed
+  local total passed failed note
   SUMMARY_DONE=1
   total=$(grep -c . "$RESULTS" || true)
   passed=$(grep -c '^PASS' "$RESULTS" || true)
@@ -42,6 +44,7 @@ summary() {
   awk -F'\t' '{ printf "%-4s  %s%s\n", $1, $2, ($3 != "" ? "  (" $3 ")" : "") }' "$RESULTS"
   printf -- '---------------------------------------------------------\n'
   printf 'total %s, passed %s, failed %s\n' "$total" "$passed" "$failed"
+  for note in "${NOT_RUN_NOTES[@]}"; do printf 'NOTE: %s\n' "$note"; done
   if [ "$total" -eq 0 ]; then
     printf 'RESULT: FAIL (no checks ran)\n'; return 1
   elif [ "$failed" -ne 0 ]; then

@@ -22,6 +22,9 @@
 
 DOVECOT_PROTOCOLS=()
 DOVECOT_MAIL_UID=${INTEROP_MAIL_UID:-40125}
+# The SASL mechanisms every login service offers (auth_mechanisms is global
+# in Dovecot 2.3); a suite may add to them before dovecot_start.
+DOVECOT_AUTH_MECHANISMS=(plain login cram-md5 apop)
 
 dovecot_packages() {
   apt_need dovecot:dovecot-core doveadm:dovecot-core
@@ -45,14 +48,25 @@ dovecot_init() {
 
 dovecot_enable_protocol() { DOVECOT_PROTOCOLS+=("$1"); }
 
+# dovecot_add_auth_mechanisms MECH...: offer these too.
+dovecot_add_auth_mechanisms() { DOVECOT_AUTH_MECHANISMS+=("$@"); }
+
 # dovecot_conf_fragment NAME < text: an extra config file, included last.
 dovecot_conf_fragment() { cat >"$DOVECOT_DIR/conf.d/$1.conf"; }
 
 # dovecot_add_user NAME PASSWORD: passdb entry and an empty Maildir.
 # Prints the Maildir path.
 dovecot_add_user() {
-  local user=$1 password=$2 maildir
+  local user=$1 password=$2
   printf '%s:{PLAIN}%s\n' "$user" "$password" >>"$DOVECOT_DIR/passwd"
+  dovecot_add_mailbox "$user"
+}
+
+# dovecot_add_mailbox NAME: an empty Maildir for NAME and no passwd-file
+# entry (a user only another passdb, such as oauth2, can log in). Prints
+# the Maildir path.
+dovecot_add_mailbox() {
+  local user=$1 maildir
   maildir="$MAIL_ROOT/$user/Maildir"
   mkdir -p "$maildir/cur" "$maildir/new" "$maildir/tmp"
   chown -R "$DOVECOT_MAIL_UID:$DOVECOT_MAIL_UID" "$MAIL_ROOT/$user"
@@ -78,7 +92,7 @@ ssl_key = <$PKI_DIR/server.key
 ssl_dh = </usr/share/dovecot/dh.pem
 
 disable_plaintext_auth = yes
-auth_mechanisms = plain login cram-md5 apop
+auth_mechanisms = ${DOVECOT_AUTH_MECHANISMS[*]}
 auth_verbose = yes
 login_log_format_elements = user=<%u> method=%m rip=%r lip=%l lport=%{local_port} mpid=%e %c session=<%{session}>
 
