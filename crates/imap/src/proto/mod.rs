@@ -1,0 +1,1 @@
+//! IMAP without I/O.
