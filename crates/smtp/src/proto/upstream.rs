@@ -65,10 +65,19 @@ impl Mechanism {
     }
 }
 
-/// RFC 4954 §4: an initial response may make the AUTH line long; servers
-/// must take 12,288 octets, but older ones cut lines shorter, so only
-/// responses well inside 1,000 octets go on the AUTH line itself.
-const MAX_INITIAL_RESPONSE: usize = 900;
+/// RFC 4954 §4: the AUTH command is still subject to SMTP's line length
+/// (RFC 5321 §4.5.3.1.4: 512 octets, CRLF included), and a client must not
+/// use an initial response that would make it longer; such a response goes
+/// on its own line after the server's `334` go-ahead (where RFC 4954 has
+/// servers take 12,288 octets).
+const MAX_COMMAND_LINE: usize = 512;
+
+/// Whether `AUTH {mechanism} {initial_response}` and its CRLF fit in an
+/// SMTP command line.
+fn fits_auth_line(mechanism: &str, initial_response: &str) -> bool {
+    "AUTH ".len() + mechanism.len() + " ".len() + initial_response.len() + "\r\n".len()
+        <= MAX_COMMAND_LINE
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnectState {
@@ -314,7 +323,7 @@ impl Ready {
         let (state, step) = match self.mechanism.clone()? {
             Mechanism::Plain => {
                 let ir = sasl::plain_response(&login);
-                if ir.len() < MAX_INITIAL_RESPONSE {
+                if fits_auth_line("PLAIN", &ir) {
                     (
                         LoginState::AuthSent,
                         Step::send(&[b"AUTH PLAIN ", ir.as_bytes()]),
@@ -327,13 +336,13 @@ impl Ready {
             Mechanism::CramMd5 => (LoginState::Cram(login), Step::send(&[b"AUTH CRAM-MD5"])),
             m @ (Mechanism::Xoauth2 | Mechanism::OauthBearer { .. }) => {
                 let ir = bearer_response(&m, &login);
-                let name = m.name().as_bytes();
-                if ir.len() < MAX_INITIAL_RESPONSE {
+                if fits_auth_line(m.name(), &ir) {
+                    let name = m.name().as_bytes();
                     let step = Step::send(&[b"AUTH ", name, b" ", ir.as_bytes()]);
                     (LoginState::BearerSent(m), step)
                 } else {
                     // A token is usually longer: it follows the 334 go-ahead.
-                    let step = Step::send(&[b"AUTH ", name]);
+                    let step = Step::send(&[b"AUTH ", m.name().as_bytes()]);
                     (LoginState::BearerGo(login, m), step)
                 }
             }
@@ -564,6 +573,45 @@ mod tests {
         match l.on_reply(r("454 4.7.0 try later\r\n")) {
             Ok(Step::Done(LoginDone::Refused(reply))) => assert!(reply.is_transient()),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// RFC 4954 §4: an initial response only while the AUTH line, CRLF
+    /// included, fits RFC 5321's 512 octets. XOAUTH2 for `alice` is 25
+    /// octets plus the token before base64: a 347-octet token makes a
+    /// 511-octet line, 350 a 515-octet one; PLAIN alike.
+    #[test]
+    fn initial_responses_only_within_the_command_line() {
+        let mut m = setup(Security::Tls, UpstreamAuth::Xoauth2);
+        sent(m.on_reply(r("220 x\r\n")));
+        let rd = ready(m.on_reply(r("250-x\r\n250 AUTH XOAUTH2\r\n")));
+        for (len, inline) in [(347, true), (350, false), (420, false)] {
+            let login =
+                Login::new(b"alice", Secret::new("t".repeat(len).into_bytes())).expect("login");
+            let (_, first) = rd.login(login).expect("a login route");
+            let first = sent(Ok(first));
+            if inline {
+                assert_eq!(first.len(), 511, "{len}");
+                assert!(first.starts_with("AUTH XOAUTH2 "), "{len}");
+            } else {
+                assert_eq!(first, "AUTH XOAUTH2\r\n", "{len}");
+            }
+        }
+        let mut m = setup(Security::Tls, UpstreamAuth::Plain);
+        sent(m.on_reply(r("220 x\r\n")));
+        let rd = ready(m.on_reply(r("250-x\r\n250 AUTH PLAIN\r\n")));
+        // "\0tim\0" and the password: with 367 octets of password that is
+        // 496 in base64, a 509-octet line; with 368 it is 500, 513.
+        for (len, inline) in [(367, true), (368, false)] {
+            let login =
+                Login::new(b"tim", Secret::new("p".repeat(len).into_bytes())).expect("login");
+            let (_, first) = rd.login(login).expect("a login route");
+            let first = sent(Ok(first));
+            if inline {
+                assert_eq!(first.len(), 509, "{len}");
+            } else {
+                assert_eq!(first, "AUTH PLAIN\r\n", "{len}");
+            }
         }
     }
 
