@@ -261,3 +261,47 @@ fn the_default_allow_list_is_loopback_only() {
     assert!(allows("127.0.0.1") && allows("127.9.9.9") && allows("::1"));
     assert!(!allows("10.0.0.1") && !allows("0.0.0.0") && !allows("::2") && !allows("192.168.1.1"));
 }
+
+#[test]
+fn each_oauth_account_has_its_own_token_store() {
+    let account = |user: &str, extra: &str| {
+        format!("{{ {user}oauth: {{ provider: google, client_id: c{extra} }} }}")
+    };
+    let yaml = |a: &str, b: &str| {
+        format!(
+            "state_dir: /var/lib/postern\nstate_key_env: K\nroutes:\n  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:1\n    upstream: {{ address: h:465, auth: xoauth2 }}\n    credentials:\n      accounts:\n        - {a}\n        - {b}\n"
+        )
+    };
+    let local =
+        |name: &str| format!("local_user: {name}, local_password_env: P, upstream_user: bob, ");
+    let device = |name: &str| format!("sources: [10.0.0.9/32], upstream_user: {name}, ");
+    // Distinct default names: fine.
+    assert_eq!(
+        problems(&yaml(
+            &account(&local("scanner"), ""),
+            &account(&device("alice"), "")
+        )),
+        Vec::<String>::new()
+    );
+    // A local user and a device named alike: the same default file.
+    let p = problems(&yaml(
+        &account(&local("alice"), ""),
+        &account(&device("alice"), ""),
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains("route \"s\": credentials.accounts[1].oauth.token_store: /var/lib/postern/s.alice.token is also the token store of route \"s\" account alice"),
+        "{p:?}"
+    );
+    // One explicit file for two accounts.
+    let store = ", token_store: /t/one.token";
+    let p = problems(&yaml(
+        &account(&local("scanner"), store),
+        &account(&device("alice"), store),
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains("/t/one.token is also the token store of route \"s\" account scanner"),
+        "{p:?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Every rule the types cannot express, checked without touching the
 //! filesystem or the environment (files are read by [`crate::prepare`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -105,6 +105,7 @@ impl Config {
                 );
             }
         }
+        self.validate_store_paths(&mut out);
         out
     }
 }
@@ -128,6 +129,42 @@ impl Config {
                 .filter(|(_, a)| a.oauth.is_some())
                 .map(move |(i, a)| (r, i, a))
         })
+    }
+
+    /// Every OAuth2 account has a token store of its own: a store is sealed
+    /// to its route and account, so two accounts sharing one file (the
+    /// same `token_store:`, or default names that coincide) would each make
+    /// it unreadable for the other, and `postern oauth login` could fill
+    /// it for the wrong one.
+    fn validate_store_paths(&self, out: &mut Vec<Problem>) {
+        let mut seen: HashMap<std::path::PathBuf, (&str, &str)> = HashMap::new();
+        for (route, i, a) in self.oauth_accounts() {
+            let Some(o) = &a.oauth else { continue };
+            let account = a.local_user.as_deref().unwrap_or(&a.upstream_user);
+            let path = match (&o.token_store, &self.state_dir) {
+                (Some(p), _) => p.clone(),
+                (None, Some(dir)) => {
+                    dir.join(crate::oauth::default_store_name(&route.name, account))
+                }
+                // Reported by validate_state.
+                (None, None) => continue,
+            };
+            match seen.get(&path) {
+                Some((other_route, other_account)) => out.push(Problem {
+                    line: None,
+                    route: Some(route.name.clone()),
+                    key: Some(format!("credentials.accounts[{i}].oauth.token_store")),
+                    message: format!(
+                        "{} is also the token store of route \"{other_route}\" account {other_account}; \
+                         give each OAuth2 account its own (`oauth.token_store:`, or distinct names under `state_dir`)",
+                        path.display()
+                    ),
+                }),
+                None => {
+                    seen.insert(path, (&route.name, account));
+                }
+            }
+        }
     }
 
     /// The top-level state settings OAuth2 accounts need.

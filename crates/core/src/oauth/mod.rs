@@ -130,9 +130,7 @@ impl AccountSettings {
         })?;
         let path = match (&config.token_store, &state.dir) {
             (Some(p), _) => p.clone(),
-            (None, Some(dir)) => {
-                dir.join(format!("{}.{}.token", file_safe(route), file_safe(account)))
-            }
+            (None, Some(dir)) => dir.join(default_store_name(route, account)),
             (None, None) => {
                 return Err(PrepareProblem {
                     key: "oauth.token_store",
@@ -193,6 +191,13 @@ impl AccountSettings {
             .save(&state)
             .map_err(|e| OAuthError::Store(e.to_string()))
     }
+}
+
+/// The file name of an account's store under `state_dir` when it has no
+/// `token_store:`: `ROUTE.ACCOUNT.token`, other characters than letters,
+/// digits, `-_.@` replaced by `_`.
+pub fn default_store_name(route: &str, account: &str) -> String {
+    format!("{}.{}.token", file_safe(route), file_safe(account))
 }
 
 fn file_safe(s: &str) -> String {
