@@ -1,8 +1,12 @@
 //! No password, digest or SASL payload appears in any log line at any
 //! level: sessions of every login method run at TRACE and the whole captured
-//! output is searched for every form of the secrets.
+//! output is searched for every form of the secrets. OAuth2 sessions too:
+//! no access token, refresh token, client secret or state key, whether the
+//! token was accepted, refused and replaced, or refused for good.
 
 mod common;
+#[path = "oauth_e2e/setup.rs"]
+mod setup;
 
 use std::io::Write;
 use std::path::Path;
@@ -153,6 +157,7 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         sessions += 1;
     }
     assert_eq!(sessions, 7);
+    let oauth_secrets = oauth_sessions().await;
 
     // A client-chosen user name that tries to forge log fields: a quote
     // that would end the field, a fake `user=` and U+2028 (a line break to
@@ -246,10 +251,121 @@ async fn no_secret_reaches_the_log_at_trace_level() {
             "secret {needle:?} found in the log"
         );
     }
+    // The OAuth2 paths ran (and say why a token was refused), and none of
+    // their secrets, whole or in part, reached the log.
+    for want in [
+        "OAuth2 access token obtained",
+        "retrying once with a fresh one on a new connection",
+        "status=401 scope=https://mail.example/",
+        "no longer accepts this account's refresh token",
+    ] {
+        assert!(log.contains(want), "no {want:?} in the log:\n{log}");
+    }
+    assert!(oauth_secrets.len() > 10, "{}", oauth_secrets.len());
+    for needle in &oauth_secrets {
+        assert!(
+            !log.contains(needle.as_str()),
+            "OAuth2 secret {needle:?} found in the log"
+        );
+    }
     // No base64 blob of the shape of a CRAM-MD5 response ("carol <32 hex>").
     let cram_prefix = base64::engine::general_purpose::STANDARD.encode("carol ");
     assert!(
         !log.contains(&cram_prefix[..6]),
         "a CRAM-MD5 response appears in the log"
     );
+}
+
+/// OAuth2 sessions at TRACE: app-only (client secret) and delegated
+/// (refresh tokens, rotated) accounts, both mechanisms, a token refused and
+/// replaced, a token refused for good, and `invalid_grant`. Returns every
+/// secret they involved, in every form that could be logged.
+async fn oauth_sessions() -> Vec<String> {
+    use postern_testkit::{oauthbearer_response, xoauth2_response, BearerVerifier};
+    use setup::*;
+
+    let w = World::new(idp_script().rotate_refresh_tokens(true)).await;
+    // POP3, XOAUTH2, client credentials: accepted, then revoked and
+    // replaced; and an upstream that refuses every token.
+    let pop3 = w.pop3("tls", "XOAUTH2").await;
+    let refusing = postern_testkit::FakePop3::start(
+        w.pop3_script("starttls", "XOAUTH2")
+            .bearer(BearerVerifier::new(|_| None)),
+    )
+    .await;
+    let yaml = w
+        .gateway()
+        .route(
+            w.upstream(RouteYaml::pop3("r", pop3.addr()), "tls", "xoauth2")
+                .account(w.scanner(w.app())),
+        )
+        .route(
+            w.upstream(
+                RouteYaml::pop3("no", refusing.addr()),
+                "starttls",
+                "xoauth2",
+            )
+            .account(w.scanner(w.app())),
+        )
+        .to_string();
+    let gw = start(&yaml).await;
+    for expect in ["+OK", "+OK"] {
+        let (mut c, r) = pop3_login(gw.addr("r"), LOCAL_USER, LOCAL_PASSWORD).await;
+        assert!(r.starts_with(expect), "{r}");
+        c.command("QUIT").await.expect("quit");
+        w.idp.revoke_access_tokens(USER);
+    }
+    let (_c, r) = pop3_login(gw.addr("no"), LOCAL_USER, LOCAL_PASSWORD).await;
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
+    gw.stop().await;
+
+    // SMTP, OAUTHBEARER, device code with rotating refresh tokens:
+    // accepted, refused and replaced, then the refresh token revoked.
+    let smtp = w.smtp("starttls", "OAUTHBEARER").await;
+    let yaml = w.yaml(
+        w.upstream(RouteYaml::smtp("s", smtp.addr()), "starttls", "oauthbearer")
+            .account(w.scanner(w.device())),
+    );
+    let file = w.config_file("postern.yaml", &yaml);
+    w.oauth_login(&file, "s", LOCAL_USER).await;
+    let gw = start(&yaml).await;
+    for _ in 0..2 {
+        let (mut c, r) = smtp_login(gw.addr("s"), LOCAL_USER, LOCAL_PASSWORD).await;
+        assert!(r[0].starts_with("235"), "{r:?}");
+        assert!(smtp_send(&mut c).await[0].starts_with("250"));
+        c.smtp_command("QUIT").await.expect("quit");
+        w.idp.revoke_access_tokens(USER);
+    }
+    w.idp.revoke_refresh_tokens(USER);
+    let (_c, r) = smtp_login(gw.addr("s"), LOCAL_USER, LOCAL_PASSWORD).await;
+    assert!(r[0].starts_with("454"), "{r:?}");
+    gw.stop().await;
+    assert_eq!(smtp.accepted_messages().len(), 2);
+
+    let mut secrets = vec![
+        CLIENT_SECRET.to_owned(),
+        w.state_key.clone(),
+        LOCAL_PASSWORD.to_owned(),
+    ];
+    let access = w.idp.issued_access_tokens();
+    assert!(access.len() >= 6, "{}", access.len());
+    for t in access {
+        let token = t.access_token;
+        // Any 40 characters of it, past the fake's `fake-at.` prefix.
+        secrets.push(token[8..48].to_owned());
+        secrets.push(xoauth2_response(USER, &token));
+        secrets.push(oauthbearer_response(
+            USER,
+            "127.0.0.1",
+            smtp.addr().port(),
+            &token,
+        ));
+        secrets.push(token);
+    }
+    let refresh = w.idp.refresh_tokens();
+    assert!(refresh.len() >= 3, "{}", refresh.len());
+    for t in refresh {
+        secrets.push(t.refresh_token[8..].to_owned());
+    }
+    secrets
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{routes_yaml, Account, GatewayYaml, RouteYaml, Secret};
+use common::{routes_yaml, Account, GatewayYaml, OAuth, RouteYaml, Secret};
 
 const UP: &str = "127.0.0.1:1100";
 
@@ -145,6 +145,50 @@ fn stored_accounts_and_devices() {
             )
             .to_string(),
         format!("  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{UP}\", security: none, auth: cram-md5 }}\n    credentials:\n      passthrough: false\n      accounts:\n        - {{ local_user: scanner, local_password_file: \"/s/local_pw\", upstream_user: alice, upstream_password_env: UP_PW }}\n        - {{ sources: [127.0.0.9/32], upstream_user: alice, upstream_password_file: \"device_pw\" }}\n")
+    );
+}
+
+#[test]
+fn oauth_accounts_and_state_settings() {
+    let cc = OAuth::custom("postern-app", "https://127.0.0.1:8443/token")
+        .grant("client_credentials")
+        .client_secret(Secret::file("/s/cs"))
+        .ca(Path::new("/s/ca.pem"))
+        .scopes(&["mail"]);
+    let device = OAuth::new("microsoft", "9e5f94bc")
+        .device_authorization_url("https://idp/devicecode")
+        .client_secret(Secret::env("M365_SECRET"))
+        .token_store(Path::new("/var/lib/postern/p.token"));
+    let route = RouteYaml::smtp("s", UP)
+        .security("starttls")
+        .auth("xoauth2")
+        .account(Account::oauth("alice", cc).local("scanner", Secret::file("/s/local_pw")))
+        .account(Account::oauth("printer@x", device).sources(&["127.0.0.9/32"]));
+    assert_eq!(
+        route.to_string(),
+        format!("  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{UP}\", security: starttls, auth: xoauth2 }}\n    credentials:\n      accounts:\n        - {{ local_user: scanner, local_password_file: \"/s/local_pw\", upstream_user: alice, oauth: {{ provider: custom, client_id: postern-app, grant: client_credentials, client_secret_file: \"/s/cs\", token_url: \"https://127.0.0.1:8443/token\", ca: \"/s/ca.pem\", scopes: [mail] }} }}\n        - {{ sources: [127.0.0.9/32], upstream_user: printer@x, oauth: {{ provider: microsoft, client_id: 9e5f94bc, client_secret_env: M365_SECRET, device_authorization_url: \"https://idp/devicecode\", token_store: \"/var/lib/postern/p.token\" }} }}\n")
+    );
+    let yaml = GatewayYaml::new()
+        .state_dir(Path::new("/var/lib/postern"))
+        .state_key(Secret::file("/s/state.key"))
+        .limits("sessions_per_client: 100")
+        .route(route.clone())
+        .to_string();
+    assert_eq!(
+        yaml,
+        format!("state_dir: \"/var/lib/postern\"\nstate_key_file: \"/s/state.key\"\nlimits: {{ sessions_per_client: 100 }}\nroutes:\n{route}")
+    );
+    assert!(GatewayYaml::new()
+        .state_key(Secret::env("POSTERN_STATE_KEY"))
+        .to_string()
+        .starts_with("state_key_env: POSTERN_STATE_KEY\nroutes:\n"));
+    // And postern reads it (files are read later, when routes are prepared).
+    let config = common::config(&yaml);
+    assert_eq!(config.routes.len(), 1);
+    assert!(config.has_oauth_accounts());
+    assert_eq!(
+        config.state_key_file.as_deref(),
+        Some(Path::new("/s/state.key"))
     );
 }
 

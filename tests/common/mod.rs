@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 // Each test target uses its own part of the builder.
 #[allow(unused_imports)]
-pub use route::{routes_yaml, Account, GatewayYaml, RouteYaml, Secret};
+pub use route::{routes_yaml, Account, GatewayYaml, OAuth, RouteYaml, Secret};
 
 /// A running gateway; [`Running::stop`] drains it and surfaces panics.
 pub struct Running {

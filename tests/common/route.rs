@@ -49,11 +49,137 @@ impl Secret {
 
     /// `{side}_password_env: NAME` or `{side}_password_file: "PATH"`.
     fn write(&self, f: &mut Formatter<'_>, side: &str) -> fmt::Result {
+        self.write_key(f, &format!("{side}_password"))
+    }
+
+    /// `{key}_env: NAME` or `{key}_file: "PATH"`.
+    fn write_key(&self, f: &mut Formatter<'_>, key: &str) -> fmt::Result {
         match self {
-            Secret::Env(name) => write!(f, "{side}_password_env: {name}"),
-            Secret::File(path) => write!(f, "{side}_password_file: \"{path}\""),
+            Secret::Env(name) => write!(f, "{key}_env: {name}"),
+            Secret::File(path) => write!(f, "{key}_file: \"{path}\""),
         }
     }
+}
+
+/// An account's `oauth:` map: where its upstream bearer token comes from.
+/// Keys are written in a fixed order, only when set.
+#[derive(Clone, Debug)]
+pub struct OAuth {
+    provider: String,
+    client_id: String,
+    grant: Option<String>,
+    client_secret: Option<Secret>,
+    token_url: Option<String>,
+    device_authorization_url: Option<String>,
+    ca: Option<String>,
+    scopes: Vec<String>,
+    token_store: Option<String>,
+}
+
+impl OAuth {
+    /// `provider: PROVIDER, client_id: ID`, nothing else yet.
+    pub fn new(provider: &str, client_id: &str) -> Self {
+        OAuth {
+            provider: provider.to_owned(),
+            client_id: client_id.to_owned(),
+            grant: None,
+            client_secret: None,
+            token_url: None,
+            device_authorization_url: None,
+            ca: None,
+            scopes: Vec::new(),
+            token_store: None,
+        }
+    }
+
+    /// `provider: custom` with this client and token endpoint.
+    pub fn custom(client_id: &str, token_url: &str) -> Self {
+        Self::new("custom", client_id).token_url(token_url)
+    }
+
+    /// `grant:` (`device_code` or `client_credentials`).
+    pub fn grant(mut self, grant: &str) -> Self {
+        self.grant = Some(grant.to_owned());
+        self
+    }
+
+    /// `client_secret_env` / `client_secret_file`.
+    pub fn client_secret(mut self, secret: Secret) -> Self {
+        self.client_secret = Some(secret);
+        self
+    }
+
+    /// `token_url:`.
+    pub fn token_url(mut self, url: &str) -> Self {
+        self.token_url = Some(url.to_owned());
+        self
+    }
+
+    /// `device_authorization_url:`.
+    pub fn device_authorization_url(mut self, url: &str) -> Self {
+        self.device_authorization_url = Some(url.to_owned());
+        self
+    }
+
+    /// `ca:`: the CA file to trust for the identity provider.
+    pub fn ca(mut self, ca: &Path) -> Self {
+        self.ca = Some(ca.display().to_string());
+        self
+    }
+
+    /// `scopes:`.
+    pub fn scopes(mut self, scopes: &[&str]) -> Self {
+        self.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// `token_store:`.
+    pub fn token_store(mut self, path: &Path) -> Self {
+        self.token_store = Some(path.display().to_string());
+        self
+    }
+}
+
+impl Display for OAuth {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{{ provider: {}, client_id: {}",
+            self.provider, self.client_id
+        )?;
+        if let Some(grant) = &self.grant {
+            write!(f, ", grant: {grant}")?;
+        }
+        if let Some(secret) = &self.client_secret {
+            f.write_str(", ")?;
+            secret.write_key(f, "client_secret")?;
+        }
+        if let Some(url) = &self.token_url {
+            write!(f, ", token_url: \"{url}\"")?;
+        }
+        if let Some(url) = &self.device_authorization_url {
+            write!(f, ", device_authorization_url: \"{url}\"")?;
+        }
+        if let Some(ca) = &self.ca {
+            write!(f, ", ca: \"{ca}\"")?;
+        }
+        if !self.scopes.is_empty() {
+            write!(f, ", scopes: [{}]", self.scopes.join(", "))?;
+        }
+        if let Some(store) = &self.token_store {
+            write!(f, ", token_store: \"{store}\"")?;
+        }
+        f.write_str(" }")
+    }
+}
+
+/// What an account logs in upstream with.
+#[derive(Clone, Debug)]
+enum Upstream {
+    /// `upstream_password_*`.
+    Password(Secret),
+    /// `oauth:`.
+    OAuth(OAuth),
 }
 
 /// One entry of `credentials: accounts:`: a local user or a device
@@ -63,7 +189,7 @@ pub struct Account {
     sources: Vec<String>,
     local: Option<(String, Secret)>,
     upstream_user: String,
-    upstream_password: Secret,
+    upstream: Upstream,
 }
 
 impl Account {
@@ -73,7 +199,18 @@ impl Account {
             sources: Vec::new(),
             local: None,
             upstream_user: user.to_owned(),
-            upstream_password: password,
+            upstream: Upstream::Password(password),
+        }
+    }
+
+    /// An account logging in upstream as `user` with OAuth2 tokens
+    /// (`upstream.auth: xoauth2` or `oauthbearer`).
+    pub fn oauth(user: &str, oauth: OAuth) -> Self {
+        Account {
+            sources: Vec::new(),
+            local: None,
+            upstream_user: user.to_owned(),
+            upstream: Upstream::OAuth(oauth),
         }
     }
 
@@ -102,7 +239,10 @@ impl Display for Account {
             f.write_str(", ")?;
         }
         write!(f, "upstream_user: {}, ", self.upstream_user)?;
-        self.upstream_password.write(f, "upstream")?;
+        match &self.upstream {
+            Upstream::Password(password) => password.write(f, "upstream")?,
+            Upstream::OAuth(oauth) => write!(f, "oauth: {oauth}")?,
+        }
         f.write_str(" }")
     }
 }
@@ -348,9 +488,12 @@ impl Display for RouteYaml {
     }
 }
 
-/// A whole configuration: top-level `limits:` and `timeouts:`, then `routes:`.
+/// A whole configuration: top-level `state_dir:`, `state_key_*:`,
+/// `limits:` and `timeouts:`, then `routes:`.
 #[derive(Clone, Debug, Default)]
 pub struct GatewayYaml {
+    state_dir: Option<String>,
+    state_key: Option<Secret>,
     limits: Option<String>,
     timeouts: Option<String>,
     routes: Vec<RouteYaml>,
@@ -359,6 +502,19 @@ pub struct GatewayYaml {
 impl GatewayYaml {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `state_dir:`: where OAuth2 token stores are kept by default.
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.display().to_string());
+        self
+    }
+
+    /// `state_key_env:` or `state_key_file:`: the key token stores are
+    /// sealed with.
+    pub fn state_key(mut self, key: Secret) -> Self {
+        self.state_key = Some(key);
+        self
     }
 
     /// The top-level `limits:` map, inside the braces.
@@ -382,6 +538,13 @@ impl GatewayYaml {
 
 impl Display for GatewayYaml {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        if let Some(dir) = &self.state_dir {
+            writeln!(f, "state_dir: \"{dir}\"")?;
+        }
+        if let Some(key) = &self.state_key {
+            key.write_key(f, "state_key")?;
+            f.write_str("\n")?;
+        }
         if let Some(limits) = &self.limits {
             writeln!(f, "limits: {{ {limits} }}")?;
         }
