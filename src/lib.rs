@@ -295,11 +295,12 @@ pub async fn run(
                 })
         })
         .await?;
-        let Some(endpoint) = bound else {
-            return Ok(());
-        };
-        tracing::info!(listen = %admin.listen, "admin endpoint: /healthz /readyz /metrics");
-        tokio::spawn(endpoint.serve(gateway.clone(), shutdown.clone()));
+        // `None`: stopped while waiting; the routes already took sessions,
+        // which drain below like any others.
+        if let Some(endpoint) = bound {
+            tracing::info!(listen = %admin.listen, "admin endpoint: /healthz /readyz /metrics");
+            tokio::spawn(endpoint.serve(gateway.clone(), shutdown.clone()));
+        }
     }
     notify(ServiceState::Ready);
     let reloader = gateway.clone();

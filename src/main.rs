@@ -505,7 +505,12 @@ async fn signals(shutdown: CancellationToken, reloads: Reloads, path: PathBuf) {
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
                     tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
-                    let _ = reloads.send(Config::load(&path)).await;
+                    // Never wait here: while the gateway waits for its
+                    // listen addresses (`--wait-for-addresses`) nothing
+                    // takes reloads, and a blocked handler would miss SIGTERM.
+                    if reloads.try_send(Config::load(&path)).is_err() {
+                        tracing::warn!("reload not queued: earlier ones are still pending");
+                    }
                     continue;
                 }
             };

@@ -153,7 +153,14 @@ pub fn uninstall(name: &str) -> Result<String, String> {
     service.delete().map_err(|e| why(&e, name))?;
     let status = service.query_status().map_err(|e| why(&e, name))?;
     if status.current_state != ServiceState::Stopped {
-        service.stop().map_err(|e| why(&e, name))?;
+        if let Err(e) = service.stop() {
+            // Starting or already stopping: it is removed once stopped.
+            return Ok(format!(
+                "service {name:?} is marked for removal; it is removed once it has stopped \
+                 (it cannot be stopped now: {})",
+                why(&e, name)
+            ));
+        }
         let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(15);
         loop {
             match service.query_status() {
@@ -248,7 +255,7 @@ fn control_handler(
         ServiceControl::ParamChange => {
             tracing::info!(file = %config.display(), "paramchange: reloading the configuration");
             if reloads.try_send(Config::load(&config)).is_err() {
-                tracing::warn!("reload not queued: one is still being applied");
+                tracing::warn!("reload not queued: earlier ones are still pending");
             }
             ServiceControlHandlerResult::NoError
         }
