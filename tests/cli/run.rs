@@ -206,7 +206,7 @@ fn a_missing_listen_address_fails_at_once_without_wait_for_addresses() {
 
 /// `run --wait-for-addresses` keeps trying the missing address (one
 /// warning per try, every 2 s) instead of exiting, and SIGTERM still stops
-/// it cleanly while it waits.
+/// it cleanly while it waits, after SIGHUPs too.
 #[cfg(unix)]
 #[test]
 fn wait_for_addresses_retries_a_missing_address_until_stopped() {
@@ -256,6 +256,16 @@ fn wait_for_addresses_retries_a_missing_address_until_stopped() {
         child.try_wait().expect("wait").is_none(),
         "still running after two tries"
     );
+    // Reload signals while nothing takes reloads yet (more than the queue
+    // holds) must not block the signal handler: SIGTERM still works.
+    for _ in 0..6 {
+        let hup = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hup.success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
