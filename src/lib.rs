@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use postern_core::limits::SHUTDOWN_GRACE;
 pub mod admin;
+pub mod bind_wait;
 pub mod health;
+pub mod service;
 
 pub use postern_core::{config, oauth, prepare};
 
@@ -47,6 +49,34 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl StartError {
+    /// Whether a listen address is not (yet) one of this machine's: at
+    /// boot, before the network is up, an interface's address does not
+    /// exist and binding it fails with `EADDRNOTAVAIL` (`WSAEADDRNOTAVAIL`
+    /// on Windows). Any other failure (in use, permission denied, a bad
+    /// file) will not cure itself by waiting.
+    pub fn address_not_available(&self) -> bool {
+        let source = match self {
+            Self::Bind(e) => &e.source,
+            Self::Admin { source, .. } => source,
+            Self::Config(_) => return false,
+        };
+        source.kind() == std::io::ErrorKind::AddrNotAvailable
+    }
+}
+
+/// What [`run`] does when a listen address is not one of this machine's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingAddress {
+    /// Fail at once (`postern run`: a typo in an address is reported).
+    Fail,
+    /// Try again every [`bind_wait::RETRY_INTERVAL`] until it appears or
+    /// the gateway is stopped (the Windows service, and
+    /// `postern run --wait-for-addresses`: started at boot before the
+    /// network is up).
+    Wait,
 }
 
 /// A gateway: every route's listener, and the sessions they run. Cheap to
@@ -256,22 +286,35 @@ fn notify(state: ServiceState) {
 /// until `shutdown` is cancelled; each message on `reloads` (a
 /// configuration read afresh, e.g. at SIGHUP) is applied, or refused with
 /// every problem logged while the running configuration keeps serving.
+/// `missing` says what to do about a listen address the machine does not
+/// have (yet); stopped while waiting for one, `run` returns `Ok`.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
     mut reloads: tokio::sync::mpsc::Receiver<Result<Config, postern_core::config::ConfigError>>,
+    missing: MissingAddress,
 ) -> Result<(), StartError> {
-    let gateway = Gateway::bind(&config).await?;
+    let bound = bind_wait::bind(missing, &shutdown, || Gateway::bind(&config)).await?;
+    let Some(gateway) = bound else {
+        return Ok(());
+    };
     postern_core::metrics::reload(true, unix_now());
     if let Some(admin) = &config.admin {
-        let endpoint = admin::Admin::bind(admin)
-            .await
-            .map_err(|source| StartError::Admin {
-                address: admin.listen,
-                source,
-            })?;
-        tracing::info!(listen = %admin.listen, "admin endpoint: /healthz /readyz /metrics");
-        tokio::spawn(endpoint.serve(gateway.clone(), shutdown.clone()));
+        let bound = bind_wait::bind(missing, &shutdown, || async {
+            admin::Admin::bind(admin)
+                .await
+                .map_err(|source| StartError::Admin {
+                    address: admin.listen,
+                    source,
+                })
+        })
+        .await?;
+        // `None`: stopped while waiting; the routes already took sessions,
+        // which drain below like any others.
+        if let Some(endpoint) = bound {
+            tracing::info!(listen = %admin.listen, "admin endpoint: /healthz /readyz /metrics");
+            tokio::spawn(endpoint.serve(gateway.clone(), shutdown.clone()));
+        }
     }
     notify(ServiceState::Ready);
     let reloader = gateway.clone();
@@ -319,16 +362,35 @@ pub fn log_reload(result: &Result<Applied, StartError>) {
     }
 }
 
-/// Installs the global log subscriber: `RUST_LOG` if set, else `log.level`.
-pub fn init_logging(log: &LogConfig) {
+/// Where log lines go.
+#[derive(Debug)]
+pub enum LogOutput {
+    /// Standard error (`postern run`: the console, journald, a container).
+    Stderr,
+    /// A file, appended to (the Windows service, which has no console).
+    File(std::fs::File),
+}
+
+/// Installs the global log subscriber: `RUST_LOG` if set, else `log.level`,
+/// writing to `output`.
+pub fn init_logging(log: &LogConfig, output: LogOutput) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, ansi) = match output {
+        LogOutput::Stderr => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+        // One line is formatted whole, then written under the lock.
+        LogOutput::File(file) => (BoxMakeWriter::new(std::sync::Mutex::new(file)), false),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(writer)
         // A log line that cannot be written (stderr a closed pipe, a full
         // disk) is dropped. Reporting it would use eprintln!, which panics
         // on the same broken stderr and would kill the task that logged:

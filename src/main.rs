@@ -31,6 +31,11 @@ enum Command {
         /// Log line format, overriding `log.format` in the file.
         #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
         log_format: Option<String>,
+        /// When a listen address is not (yet) one of this machine's, try
+        /// again every 2 s instead of failing (started at boot before the
+        /// network is up).
+        #[arg(long)]
+        wait_for_addresses: bool,
     },
     /// Connect to each route's upstream exactly as a session would and say
     /// whether the route will work (TLS, certificate, capabilities, the
@@ -58,6 +63,8 @@ enum Command {
     },
     /// Ask a running gateway to reload its configuration (sends SIGHUP to
     /// the process named in its pid file). The new file is checked first.
+    /// Unix only; a Windows service reloads with
+    /// `sc.exe control postern paramchange`.
     Reload {
         /// The pid file the gateway was started with (`run --pid-file`).
         #[arg(long, value_name = "FILE")]
@@ -79,6 +86,15 @@ enum Command {
     /// OAuth2 accounts: make the state key, give consent, see their state.
     #[command(subcommand)]
     Oauth(OauthCommand),
+    /// Run postern as a Windows service: install, uninstall, and the entry
+    /// point the Service Control Manager starts.
+    // Parsed everywhere (so it is tested everywhere); off Windows it is
+    // hidden and says it exists only on Windows.
+    #[cfg_attr(not(windows), command(hide = true))]
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +120,45 @@ enum OauthCommand {
         /// Configuration file (default: postern.yaml, then config/postern.yaml).
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceAction {
+    /// Register an automatic (delayed) start service running
+    /// `postern.exe service run -c FILE`, restarted on failure. Needs an
+    /// Administrator prompt; the file is checked first.
+    Install {
+        /// Configuration file (made absolute: a service starts in
+        /// C:\Windows\System32).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Service name.
+        #[arg(long, value_name = "NAME", default_value = postern::service::DEFAULT_NAME)]
+        name: String,
+        /// Log file (default: postern.log next to the configuration file).
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
+    },
+    /// Stop the service (sessions drain) and remove it.
+    Uninstall {
+        /// Service name.
+        #[arg(long, value_name = "NAME", default_value = postern::service::DEFAULT_NAME)]
+        name: String,
+    },
+    /// What the Service Control Manager starts (not for a console: use
+    /// `postern run` there). Waits for listen addresses that do not exist
+    /// yet; Stop drains sessions as SIGTERM does.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Service name.
+        #[arg(long, value_name = "NAME", default_value = postern::service::DEFAULT_NAME)]
+        name: String,
+        /// Log file (default: postern.log next to the configuration file).
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
     },
 }
 
@@ -157,7 +212,15 @@ fn main() -> ExitCode {
             config,
             pid_file,
             log_format,
-        } => run(config, pid_file, log_format.as_deref()),
+            wait_for_addresses,
+        } => {
+            let missing = if wait_for_addresses {
+                postern::MissingAddress::Wait
+            } else {
+                postern::MissingAddress::Fail
+            };
+            run(config, pid_file, log_format.as_deref(), missing)
+        }
         Command::Reload { pid_file, config } => reload(&pid_file, config),
         Command::Health { config } => health(config),
         Command::Probe {
@@ -185,6 +248,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Service { action } => service(action),
         Command::Schema => match postern::config::json_schema_text() {
             Ok(text) => {
                 println!("{text}");
@@ -198,7 +262,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&str>) -> ExitCode {
+fn run(
+    config: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    log_format: Option<&str>,
+    missing: postern::MissingAddress,
+) -> ExitCode {
     let path = match find_config(config) {
         Ok(p) => p,
         Err(e) => {
@@ -219,7 +288,7 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
         Some(_) => log.format = postern::config::LogFormat::Text,
         None => {}
     }
-    postern::init_logging(&log);
+    postern::init_logging(&log, postern::LogOutput::Stderr);
     if let Some(pid_file) = &pid_file {
         if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
             eprintln!(
@@ -245,7 +314,7 @@ fn run(config: Option<PathBuf>, pid_file: Option<PathBuf>, log_format: Option<&s
                 watchdog.cancel();
             }
         });
-        match postern::run(config, shutdown, reloads).await {
+        match postern::run(config, shutdown, reloads, missing).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");
@@ -344,6 +413,60 @@ fn probe(config: Option<PathBuf>, route: Option<&str>, login: bool, json: bool) 
     }
 }
 
+/// `postern service`: see [`ServiceAction`].
+#[cfg(windows)]
+fn service(action: ServiceAction) -> ExitCode {
+    use postern::service;
+    let outcome = match action {
+        ServiceAction::Install {
+            config,
+            name,
+            log_file,
+        } => std::env::current_dir()
+            .map_err(|e| format!("cannot read the current directory: {e}"))
+            .and_then(|cwd| {
+                service::Install::new(&name, &config, log_file.as_deref(), &cwd)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|plan| {
+                // The service would fail at every boot on a broken file.
+                let c = Config::load(&plan.config).map_err(|e| e.to_string())?;
+                postern::prepare::prepare(&c).map_err(|e| e.to_string())?;
+                service::install(&plan)
+            }),
+        ServiceAction::Uninstall { name } => service::uninstall(&name),
+        ServiceAction::Run {
+            config,
+            name,
+            log_file,
+        } => return service::run(service::ServiceRun::new(name, config, log_file)),
+    };
+    match outcome {
+        Ok(text) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `postern service` off Windows.
+#[cfg(not(windows))]
+fn service(action: ServiceAction) -> ExitCode {
+    let _ = action;
+    eprintln!(
+        "postern: `postern service` runs postern as a Windows service and exists only on \
+         Windows; on Linux run `postern run` under systemd (dist/systemd/postern.service)"
+    );
+    ExitCode::FAILURE
+}
+
 /// `postern reload`: check the file, then SIGHUP the running process.
 fn reload(pid_file: &Path, config: Option<PathBuf>) -> ExitCode {
     if let Some(path) = config {
@@ -356,6 +479,24 @@ fn reload(pid_file: &Path, config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    #[cfg(not(unix))]
+    {
+        let _ = pid_file;
+        eprintln!(
+            "postern: `postern reload` sends SIGHUP, which Windows does not have: \
+             reload a service with `sc.exe control postern paramchange` (or restart it: \
+             `sc.exe stop postern`, then `sc.exe start postern`); stop a `postern run` \
+             in a console with Ctrl+C and start it again"
+        );
+        ExitCode::FAILURE
+    }
+    #[cfg(unix)]
+    signal_reload(pid_file)
+}
+
+/// SIGHUP to the process named in `pid_file`.
+#[cfg(unix)]
+fn signal_reload(pid_file: &Path) -> ExitCode {
     let pid = match std::fs::read_to_string(pid_file) {
         Ok(text) => match text.trim().parse::<u32>() {
             Ok(pid) if pid > 1 => pid,
@@ -414,7 +555,12 @@ async fn signals(shutdown: CancellationToken, reloads: Reloads, path: PathBuf) {
                 _ = int.recv() => "SIGINT",
                 _ = hup.recv() => {
                     tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
-                    let _ = reloads.send(Config::load(&path)).await;
+                    // Never wait here: while the gateway waits for its
+                    // listen addresses (`--wait-for-addresses`) nothing
+                    // takes reloads, and a blocked handler would miss SIGTERM.
+                    if reloads.try_send(Config::load(&path)).is_err() {
+                        tracing::warn!("reload not queued: earlier ones are still pending");
+                    }
                     continue;
                 }
             };
@@ -431,10 +577,136 @@ async fn signals(shutdown: CancellationToken, reloads: Reloads, path: PathBuf) {
             }
         }
     }
+    // Windows: Ctrl+C in the console (a service is stopped through the
+    // Service Control Manager instead: `postern::service`).
     #[cfg(not(unix))]
     {
         let _ = (reloads, path);
-        let _ = tokio::signal::ctrl_c().await;
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot watch for Ctrl+C: {e}");
+            return;
+        }
+        tracing::info!("Ctrl+C: stopping: no new sessions; waiting for running ones");
         shutdown.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("second Ctrl+C: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        match Cli::try_parse_from(std::iter::once("postern").chain(args.iter().copied())) {
+            Ok(cli) => cli.command,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn service_install_takes_a_config_and_an_optional_name_and_log_file() {
+        match parse(&["service", "install", "-c", r"C:\postern\postern.yaml"]) {
+            Command::Service {
+                action:
+                    ServiceAction::Install {
+                        config,
+                        name,
+                        log_file,
+                    },
+            } => {
+                assert_eq!(config, Path::new(r"C:\postern\postern.yaml"));
+                assert_eq!(name, "postern");
+                assert_eq!(log_file, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "service",
+            "install",
+            "--config",
+            "p.yaml",
+            "--name",
+            "postern-lan",
+            "--log-file",
+            r"D:\logs\p.log",
+        ]) {
+            Command::Service {
+                action: ServiceAction::Install { name, log_file, .. },
+            } => {
+                assert_eq!(name, "postern-lan");
+                assert_eq!(log_file.as_deref(), Some(Path::new(r"D:\logs\p.log")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A service needs its file named: no search of the working directory.
+        assert!(Cli::try_parse_from(["postern", "service", "install"]).is_err());
+    }
+
+    #[test]
+    fn service_run_parses_what_install_registers() {
+        let plan = postern::service::Install::new(
+            "postern-lan",
+            Path::new("/srv/mail gateway/postern.yaml"),
+            Some(Path::new("/var/log/postern.log")),
+            Path::new("/"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let args = std::iter::once(std::ffi::OsString::from("postern")).chain(plan.arguments());
+        match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Service {
+                action:
+                    ServiceAction::Run {
+                        config,
+                        name,
+                        log_file,
+                    },
+            }) => {
+                assert_eq!(config, plan.config);
+                assert_eq!(name, plan.name);
+                assert_eq!(log_file, plan.log_file);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn service_uninstall_takes_a_name() {
+        match parse(&["service", "uninstall"]) {
+            Command::Service {
+                action: ServiceAction::Uninstall { name },
+            } => assert_eq!(name, "postern"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["service", "uninstall", "--name", "p2"]) {
+            Command::Service {
+                action: ServiceAction::Uninstall { name },
+            } => assert_eq!(name, "p2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_waits_for_addresses_only_when_asked() {
+        match parse(&["run", "-c", "p.yaml"]) {
+            Command::Run {
+                wait_for_addresses, ..
+            } => assert!(!wait_for_addresses),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["run", "-c", "p.yaml", "--wait-for-addresses"]) {
+            Command::Run {
+                wait_for_addresses, ..
+            } => assert!(wait_for_addresses),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -9,12 +9,22 @@ mod check;
 mod run;
 mod secrets;
 
+// The tests that talk to a running `postern run` stop it with SIGTERM, so
+// they and what only they use are Unix-only (the Windows build is
+// cross-compiled and its tests are not run).
+#[cfg(unix)]
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+#[cfg(unix)]
+use std::net::TcpStream;
+use std::process::Command;
+#[cfg(unix)]
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Account, GatewayYaml, RouteYaml, Secret};
+#[cfg(unix)]
+use common::GatewayYaml;
+use common::{Account, RouteYaml, Secret};
 use postern_testkit::TempDir;
 
 fn postern() -> Command {
@@ -28,6 +38,7 @@ fn repo() -> &'static std::path::Path {
 /// `postern run ARGS -c FILE` on one route (given its listen address here,
 /// a free port on loopback), logging at `log` to a pipe. Returns once the
 /// route listens, with the first connection to it.
+#[cfg(unix)]
 fn run_route(
     dir: &TempDir,
     route: RouteYaml,

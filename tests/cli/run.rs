@@ -1,5 +1,5 @@
-//! `postern run`: serving, SIGTERM, descriptor exhaustion, bind errors,
-//! refused-connection logging.
+//! `postern run`: serving, SIGTERM, descriptor exhaustion, bind errors
+//! (and waiting for a missing address), refused-connection logging.
 
 use super::*;
 
@@ -173,6 +173,117 @@ fn a_busy_listen_address_is_named_with_the_reason() {
         "{stderr}"
     );
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}
+
+/// A listen address the machine does not have (as at boot, before the
+/// network is up; 192.0.2.1 is TEST-NET-1, never local): plain `run`
+/// fails at once and says so.
+#[test]
+fn a_missing_listen_address_fails_at_once_without_wait_for_addresses() {
+    let dir = TempDir::new("postern-cli-noaddr");
+    let file = dir.write(
+        "p.yaml",
+        RouteYaml::pop3("lan", "h:110")
+            .listen("192.0.2.1:1110")
+            .allow(&["192.0.2.0/24"])
+            .auth("user")
+            .yaml(),
+    );
+    let started = Instant::now();
+    let out = postern()
+        .args(["run", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "no waiting");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lan") && stderr.contains("192.0.2.1:1110"),
+        "{stderr}"
+    );
+}
+
+/// `run --wait-for-addresses` keeps trying the missing address (one
+/// warning per try, every 2 s) instead of exiting, and SIGTERM still stops
+/// it cleanly while it waits, after SIGHUPs too.
+#[cfg(unix)]
+#[test]
+fn wait_for_addresses_retries_a_missing_address_until_stopped() {
+    let dir = TempDir::new("postern-cli-waitaddr");
+    let file = dir.write(
+        "p.yaml",
+        RouteYaml::pop3("lan", "h:110")
+            .listen("192.0.2.1:1110")
+            .allow(&["192.0.2.0/24"])
+            .auth("user")
+            .yaml(),
+    );
+    let mut child = postern()
+        .args(["run", "--wait-for-addresses", "-c"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    // Lines arrive on a thread so that a silent process fails the test
+    // instead of hanging it.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let mut tries = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tries < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if line.contains("listen address not available yet") {
+                    tries += 1;
+                }
+                log.push(line);
+            }
+            Err(e) => panic!("{e}: fewer than two tries logged: {log:#?}"),
+        }
+    }
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "still running after two tries"
+    );
+    // Reload signals while nothing takes reloads yet (more than the queue
+    // holds) must not block the signal handler: SIGTERM still works.
+    for _ in 0..6 {
+        let hup = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(hup.success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = common::wait_exit(&mut child);
+    assert!(exit.success(), "{exit:?}: {log:#?}");
+    log.extend(lines.iter());
+    let _ = reader.join();
+    let log = log.join("\n");
+    assert!(
+        log.contains("192.0.2.1:1110"),
+        "the address is named: {log}"
+    );
+    assert!(
+        log.contains("stopped while waiting for listen addresses"),
+        "{log}"
+    );
 }
 
 /// A flood of refused connections is one log line with the client, then a
