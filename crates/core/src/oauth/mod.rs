@@ -1,8 +1,11 @@
 //! OAuth2 bearer tokens for stored accounts (`credentials.accounts[].oauth`).
 //!
-//! One [`TokenSource`] per account, shared by every session of that account
-//! (and kept across reloads, so two generations never race to rotate the
-//! same refresh token):
+//! One [`TokenSource`] per account and configuration generation, shared by
+//! every session of that account; all generations of an account share its
+//! cached token and its single refresh in flight (so a reload keeps the
+//! token, and two generations never race to rotate the same refresh
+//! token), while each uses its own settings (so a reload applies a rotated
+//! client secret, another CA or a new state key):
 //!
 //! ```text
 //! session ─ access_token() ─► cached, fresh? ──yes──► token
@@ -225,15 +228,23 @@ struct Cached {
     refresh_at: Option<Instant>,
 }
 
-/// One account's tokens, shared by all its sessions.
-#[derive(Debug)]
-pub struct TokenSource {
-    settings: AccountSettings,
+/// What every generation of an account's [`TokenSource`] shares: the
+/// cached token, the lock that lets one refresh run at a time, and the
+/// count of token requests.
+#[derive(Debug, Default)]
+struct AccountState {
     cached: tokio::sync::Mutex<Cached>,
     requests: std::sync::atomic::AtomicU64,
 }
 
-type Registry = Mutex<HashMap<String, Weak<TokenSource>>>;
+/// One account's tokens, shared by all its sessions.
+#[derive(Debug)]
+pub struct TokenSource {
+    settings: AccountSettings,
+    account: Arc<AccountState>,
+}
+
+type Registry = Mutex<HashMap<String, Weak<AccountState>>>;
 
 fn registry() -> &'static Registry {
     static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
@@ -241,9 +252,11 @@ fn registry() -> &'static Registry {
 }
 
 impl TokenSource {
-    /// The source for these settings: the one already running for the same
-    /// store, client and endpoints (a reload keeps its cache and its single
-    /// refresh in flight), else a new one.
+    /// A source for these settings, sharing its cached token, its single
+    /// refresh in flight and its request count with every live source of
+    /// the same account (same store, client, token endpoint, scopes and
+    /// user): a reload keeps the token, and the new settings (client
+    /// secret, CA, state key, grant) are what its sessions use.
     pub fn shared(settings: AccountSettings) -> Arc<Self> {
         let e = &settings.endpoint;
         let key = format!(
@@ -254,24 +267,21 @@ impl TokenSource {
             e.scopes.join(" "),
             settings.user
         );
-        let Ok(mut map) = registry().lock() else {
-            return Arc::new(Self::new(settings));
+        let account = match registry().lock() {
+            Ok(mut map) => {
+                map.retain(|_, w| w.strong_count() > 0);
+                match map.get(&key).and_then(Weak::upgrade) {
+                    Some(existing) => existing,
+                    None => {
+                        let fresh = Arc::new(AccountState::default());
+                        map.insert(key, Arc::downgrade(&fresh));
+                        fresh
+                    }
+                }
+            }
+            Err(_) => Arc::new(AccountState::default()),
         };
-        map.retain(|_, w| w.strong_count() > 0);
-        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
-            return existing;
-        }
-        let fresh = Arc::new(Self::new(settings));
-        map.insert(key, Arc::downgrade(&fresh));
-        fresh
-    }
-
-    fn new(settings: AccountSettings) -> Self {
-        Self {
-            settings,
-            cached: tokio::sync::Mutex::new(Cached::default()),
-            requests: std::sync::atomic::AtomicU64::new(0),
-        }
+        Arc::new(Self { settings, account })
     }
 
     /// The account's settings.
@@ -279,15 +289,18 @@ impl TokenSource {
         &self.settings
     }
 
-    /// How many token requests this source made (for tests and metrics).
+    /// How many token requests the account made, in all generations (for
+    /// tests and metrics).
     pub fn token_requests(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+        self.account
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A valid access token: the cached one while it is fresh, else one
     /// refresh (concurrent callers wait for it and share its result).
     pub async fn access_token(&self) -> Result<Secret, OAuthError> {
-        let mut cached = self.cached.lock().await;
+        let mut cached = self.account.cached.lock().await;
         if let (Some(token), Some(at)) = (&cached.access, cached.refresh_at) {
             if Instant::now() < at {
                 return Ok(token.clone());
@@ -305,7 +318,7 @@ impl TokenSource {
     /// [`TokenSource::access_token`] asks the provider. A token that was
     /// already replaced is ignored (one refresh per refusal wave).
     pub async fn invalidate(&self, token: &Secret) {
-        let mut cached = self.cached.lock().await;
+        let mut cached = self.account.cached.lock().await;
         if cached.access.as_ref() == Some(token) {
             cached.access = None;
             cached.refresh_at = None;
@@ -316,14 +329,16 @@ impl TokenSource {
         let s = &self.settings;
         let store_err = |e: StoreError| OAuthError::Store(e.to_string());
         let mut state = s.store.load().map_err(store_err)?.unwrap_or_default();
-        self.requests
+        self.account
+            .requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = match s.grant {
             OAuthGrant::ClientCredentials => s.endpoint.client_credentials().await,
             OAuthGrant::DeviceCode => match (&state.refresh_token, state.needs_consent) {
                 (Some(refresh), false) => s.endpoint.refresh(&Secret::from(refresh.as_str())).await,
                 _ => {
-                    self.requests
+                    self.account
+                        .requests
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     return Err(OAuthError::NeedsConsent(s.name.clone()));
                 }
