@@ -10,7 +10,8 @@
 //! - `device_code`: `postern oauth login`, the store, rotation, restart;
 //! - `consent`: `invalid_grant`, `oauth status`, wrong local passwords;
 //! - `device`: an SMTP device with no AUTH through an XOAUTH2 upstream;
-//! - `refusals`: configurations `postern check` refuses.
+//! - `refusals`: configurations `postern check` refuses;
+//! - `reload`: a reload keeps the cached token and applies new settings.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -22,4 +23,5 @@ mod device_code;
 mod matrix;
 mod refresh;
 mod refusals;
+mod reload;
 mod retry;
