@@ -127,6 +127,9 @@ pub fn status(config: &Config) -> ExitCode {
         let st = source.settings().status();
         println!("{}", st.name);
         println!("  user:          {}", st.user);
+        if let Some(nets) = device_sources(config, &st.name) {
+            println!("  device:        {nets} (no client login)");
+        }
         println!("  provider:      {} ({})", st.provider, st.grant);
         println!("  token store:   {}", st.store.display());
         match &st.state {
@@ -159,6 +162,21 @@ pub fn status(config: &Config) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The `sources:` of the device account named `ROUTE ACCOUNT`, if it is one.
+fn device_sources(config: &Config, name: &str) -> Option<String> {
+    let (route, account) = name.split_once(' ')?;
+    let route = config.routes.iter().find(|r| r.name == route)?;
+    let postern::config::Credentials::Accounts(c) = &route.credentials else {
+        return None;
+    };
+    let a = c
+        .accounts
+        .iter()
+        .find(|a| a.local_user.is_none() && a.upstream_user == account)?;
+    let nets: Vec<String> = a.sources.as_ref()?.iter().map(ToString::to_string).collect();
+    Some(nets.join(", "))
 }
 
 fn span(secs: u64) -> String {
