@@ -122,7 +122,10 @@ fn state_key(
     if var.is_none() && file.is_none() {
         return Ok(None);
     }
-    let text = load_secret(var, file, env).map_err(|e| (which, e.to_string()))?;
+    let text = load_secret(var, file, env).map_err(|e| {
+        // load_secret words its errors for passwords; this is a key.
+        (which, e.to_string().replace("password file", "key file"))
+    })?;
     StateKey::from_base64(text.expose())
         .map(Some)
         .map_err(|e| (which, e.to_string()))

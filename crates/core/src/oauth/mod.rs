@@ -129,7 +129,7 @@ impl AccountSettings {
         })?;
         let key = state.key.clone().ok_or_else(|| PrepareProblem {
             key: "oauth",
-            message: "no state key is configured (see `state_key_file`)".to_owned(),
+            message: "needs the state key, which is missing or unusable (see the `state_key_file` or `state_key_env` problem)".to_owned(),
         })?;
         let path = match (&config.token_store, &state.dir) {
             (Some(p), _) => p.clone(),
@@ -329,59 +329,80 @@ impl TokenSource {
         let s = &self.settings;
         let store_err = |e: StoreError| OAuthError::Store(e.to_string());
         let mut state = s.store.load().map_err(store_err)?.unwrap_or_default();
-        self.account
-            .requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let result = match s.grant {
-            OAuthGrant::ClientCredentials => s.endpoint.client_credentials().await,
-            OAuthGrant::DeviceCode => match (&state.refresh_token, state.needs_consent) {
-                (Some(refresh), false) => s.endpoint.refresh(&Secret::from(refresh.as_str())).await,
-                _ => {
-                    self.account
-                        .requests
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    return Err(OAuthError::NeedsConsent(s.name.clone()));
+        // A second try only when another process (`postern oauth login`, a
+        // probe, another gateway on the same store) replaced the refresh
+        // token while this request was in flight.
+        for attempt in 0..2 {
+            let used = state.refresh_token.clone();
+            let result = match s.grant {
+                OAuthGrant::ClientCredentials => s.endpoint.client_credentials().await,
+                OAuthGrant::DeviceCode => match (&used, state.needs_consent) {
+                    (Some(refresh), false) => {
+                        s.endpoint.refresh(&Secret::from(refresh.as_str())).await
+                    }
+                    _ => return Err(OAuthError::NeedsConsent(s.name.clone())),
+                },
+            };
+            self.account
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let now = unix_now();
+            let e = match result {
+                Ok(tokens) => {
+                    if let Some(rotated) = &tokens.refresh {
+                        state.refresh_token =
+                            Some(String::from_utf8_lossy(rotated.expose()).into_owned());
+                    }
+                    state.last_refresh = Some(now);
+                    state.access_expires =
+                        Some(now + tokens.expires_in.unwrap_or(DEFAULT_LIFETIME).as_secs());
+                    state.last_error = None;
+                    // Persisted before the new token is used: a rotated
+                    // refresh token must never exist only in memory.
+                    s.store.save(&state).map_err(store_err)?;
+                    tracing::info!(account = %s.name, "OAuth2 access token obtained");
+                    return Ok(tokens);
                 }
-            },
-        };
-        let now = unix_now();
-        match result {
-            Ok(tokens) => {
-                if let Some(rotated) = &tokens.refresh {
-                    state.refresh_token =
-                        Some(String::from_utf8_lossy(rotated.expose()).into_owned());
+                Err(e) => e,
+            };
+            // Record the failure on the store as it is now, never on the
+            // copy read before the request: that could put back a refresh
+            // token another process has just replaced.
+            let mut latest = match s.store.load() {
+                Ok(l) => l.unwrap_or_default(),
+                Err(se) => {
+                    tracing::warn!(account = %s.name, error = %se, "cannot reread the token store");
+                    state.clone()
                 }
-                state.last_refresh = Some(now);
-                state.access_expires =
-                    Some(now + tokens.expires_in.unwrap_or(DEFAULT_LIFETIME).as_secs());
-                state.last_error = None;
-                // Persisted before the new token is used: a rotated
-                // refresh token must never exist only in memory.
-                s.store.save(&state).map_err(store_err)?;
-                tracing::info!(account = %s.name, "OAuth2 access token obtained");
-                Ok(tokens)
+            };
+            let invalid_grant =
+                matches!(&e, OAuthError::Provider { code, .. } if code == "invalid_grant");
+            let replaced = latest.refresh_token.is_some() && latest.refresh_token != used;
+            if invalid_grant && replaced && !latest.needs_consent && attempt == 0 {
+                tracing::info!(account = %s.name,
+                    "the refresh token was replaced by another process meanwhile; using the new one");
+                state = latest;
+                continue;
             }
-            Err(e) => {
-                let consent =
-                    matches!(&e, OAuthError::Provider { code, .. } if code == "invalid_grant");
-                if consent {
-                    state.needs_consent = true;
-                    tracing::error!(account = %s.name, error = %e,
-                        "the identity provider no longer accepts this account's refresh token; run `postern oauth login` for it");
-                } else {
-                    tracing::warn!(account = %s.name, error = %e, "OAuth2 token request failed");
-                }
-                state.last_error = Some(format!("{} at {now}", e));
-                if let Err(se) = s.store.save(&state) {
-                    tracing::warn!(account = %s.name, error = %se, "cannot record the failure in the token store");
-                }
-                if consent {
-                    Err(OAuthError::NeedsConsent(s.name.clone()))
-                } else {
-                    Err(e)
-                }
+            let consent = invalid_grant && s.grant == OAuthGrant::DeviceCode && !replaced;
+            if consent {
+                latest.needs_consent = true;
+                tracing::error!(account = %s.name, error = %e,
+                    "the identity provider no longer accepts this account's refresh token; run `postern oauth login` for it");
+            } else {
+                tracing::warn!(account = %s.name, error = %e, "OAuth2 token request failed");
             }
+            latest.last_error = Some(format!("{e} at {now}"));
+            if let Err(se) = s.store.save(&latest) {
+                tracing::warn!(account = %s.name, error = %se, "cannot record the failure in the token store");
+            }
+            return Err(if consent {
+                OAuthError::NeedsConsent(s.name.clone())
+            } else {
+                e
+            });
         }
+        Err(OAuthError::NeedsConsent(s.name.clone()))
     }
 }
 
