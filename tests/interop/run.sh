@@ -24,11 +24,11 @@
 #   INTEROP_IMAGE=TAG           also run the container image TAG (built by
 #                               docker/build-image.sh) with podman + runc
 #                               against the same servers (lib/image.sh)
-#   INTEROP_OAUTH=1             also run the oauth suite (suites/oauth.sh):
-#                               Dovecot's oauth2 passdb and Postfix through it
-#                               with a fake authorization server (fake_idp.py),
-#                               and postern's OAuth2 routes in front of them.
-#                               Needed for --dovecot-only and --attach alike
+#   INTEROP_OAUTH=0             leave out the oauth suite (suites/oauth.sh, on
+#                               by default): Dovecot's oauth2 passdb and
+#                               Postfix through it with a fake authorization
+#                               server (fake_idp.py), and postern's OAuth2
+#                               routes in front of them
 #   INTEROP_OAUTH_TOKEN_LIFETIME=N  the fake IdP's access-token lifetime in
 #                               seconds (default 3600; the oauth suite's
 #                               token counts assume no token expires mid-run)
@@ -39,7 +39,7 @@
 # the same functions as suites/pop3.sh and adding NAME to SUITES below
 # (smtp reads its mail back through pop3's routes, so it comes after pop3;
 # lan adds to pop3's Dovecot and smtp's Postfix, so it comes after both;
-# oauth, opt-in, comes last). Optional suite functions: <suite>_toplevel
+# oauth comes last). Optional suite functions: <suite>_toplevel
 # (top-level postern config keys) and <suite>_before_start.
 set -Eeuo pipefail
 
@@ -62,14 +62,12 @@ source "$HERE/lib/postfix.sh"
 source "$HERE/lib/postern.sh"
 # shellcheck source=lib/image.sh
 source "$HERE/lib/image.sh"
-# The oauth suite (suites/oauth.sh: Dovecot's oauth2 passdb, Postfix through
-# it, a fake authorization server) is opt-in until postern has OAuth2
-# upstreams; its postern-side checks cannot pass before. Off, it does not
-# run at all, and the summary says so.
-case ${INTEROP_OAUTH:-0} in
+# The oauth suite runs by default; INTEROP_OAUTH=0 leaves it out (the
+# summary then says so).
+case ${INTEROP_OAUTH:-1} in
   1) SUITES+=(oauth) ;;
-  0) NOT_RUN_NOTES+=("suite oauth did not run (opt-in: INTEROP_OAUTH=1 runs it)") ;;
-  *) die "INTEROP_OAUTH must be 1 (run the oauth suite) or 0/unset, not '$INTEROP_OAUTH'" ;;
+  0) NOT_RUN_NOTES+=("suite oauth did not run (INTEROP_OAUTH=0)") ;;
+  *) die "INTEROP_OAUTH must be 1 (run the oauth suite, the default) or 0, not '$INTEROP_OAUTH'" ;;
 esac
 for suite in "${SUITES[@]}"; do
   # shellcheck source=/dev/null

@@ -3,7 +3,7 @@
 # shellcheck disable=SC2153
 # Cleanup and dump commands are stored unexpanded and run by eval at exit:
 # shellcheck disable=SC2016
-# OAuth2 suite (opt-in: INTEROP_OAUTH=1): XOAUTH2 and OAUTHBEARER against
+# OAuth2 suite (on by default; INTEROP_OAUTH=0 leaves it out): XOAUTH2 and OAUTHBEARER against
 # the real servers, with a fake authorization server (fake_idp.py, HTTPS
 # with the run's test CA) standing in for Microsoft's or Google's.
 #
