@@ -196,17 +196,18 @@ impl LineClient {
     }
 
     /// Read IMAP responses up to and including the tagged status line for
-    /// `tag` (a line starting `tag `), returned raw with every CRLF. A line
-    /// ending in a literal announcement `{n}` is followed by exactly `n`
-    /// bytes, read by count (however many CRLFs or `tag` strings they
-    /// hold), and then the rest of that response line.
+    /// `tag` (a line starting `tag `) or a continuation request (a line
+    /// starting `+`), returned raw with every CRLF. A line ending in a
+    /// literal announcement `{n}` is followed by exactly `n` bytes, read by
+    /// count (however many CRLFs or `tag` strings they hold), and then the
+    /// rest of that response line.
     pub async fn read_imap_response(&mut self, tag: &str) -> io::Result<Vec<u8>> {
         let prefix = format!("{tag} ");
         let mut out = Vec::new();
         let mut line_start = true;
         loop {
             let line = self.read_line().await?;
-            let is_tagged = line_start && line.starts_with(&prefix);
+            let is_last = line_start && (line.starts_with(&prefix) || line.starts_with('+'));
             out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
             if let Some(n) = literal_len(&line) {
@@ -217,7 +218,7 @@ impl LineClient {
                 line_start = false;
                 continue;
             }
-            if is_tagged {
+            if is_last {
                 return Ok(out);
             }
             line_start = true;
@@ -311,7 +312,8 @@ impl LineClient {
     }
 
     /// Send `line` (`tag command ...`) and read the IMAP responses up to its
-    /// tagged status line, as [`LineClient::read_imap_response`].
+    /// tagged status line or a continuation request, as
+    /// [`LineClient::read_imap_response`].
     pub async fn imap_command(&mut self, line: &str) -> io::Result<Vec<u8>> {
         let tag = line.split(' ').next().unwrap_or(line).to_owned();
         self.send(line).await?;

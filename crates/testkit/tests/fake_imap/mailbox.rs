@@ -246,13 +246,14 @@ async fn append_megabytes_both_literal_kinds() {
     }
     assert!(big.len() > 3_000_000);
 
-    c.send(&format!(
-        "a APPEND INBOX (\\Seen) \"01-Jan-2024 10:00:00 +0000\" {{{}}}",
-        big.len()
-    ))
-    .await
-    .unwrap();
-    assert_eq!(c.read_line().await.unwrap(), "+ Ready for literal data");
+    let go_ahead = c
+        .imap_command(&format!(
+            "a APPEND INBOX (\\Seen) \"01-Jan-2024 10:00:00 +0000\" {{{}}}",
+            big.len()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text(&go_ahead), "+ Ready for literal data\r\n");
     c.send_raw(&big).await.unwrap();
     c.send_raw(b"\r\n").await.unwrap();
     assert_eq!(
