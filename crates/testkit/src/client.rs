@@ -1,5 +1,5 @@
-//! A small line-oriented test client (POP3 or SMTP) over plain TCP, implicit
-//! TLS, or plain upgraded in place with STLS/STARTTLS.
+//! A small line-oriented test client (POP3, SMTP or IMAP) over plain TCP,
+//! implicit TLS, or plain upgraded in place with STLS/STARTTLS.
 //!
 //! The client owns its read buffer, so bytes a server sends past a reply
 //! (e.g. injected after "+OK Begin TLS") stay visible via
@@ -188,6 +188,43 @@ impl LineClient {
         }
     }
 
+    /// Read exactly `n` bytes (e.g. an IMAP literal announced as `{n}`),
+    /// buffered ones first. EOF first is `UnexpectedEof`.
+    pub async fn read_bytes(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        self.fill_to(n).await?;
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Read IMAP responses up to and including the tagged status line for
+    /// `tag` (a line starting `tag `) or a continuation request (a line
+    /// starting `+`), returned raw with every CRLF. A line ending in a
+    /// literal announcement `{n}` is followed by exactly `n` bytes, read by
+    /// count (however many CRLFs or `tag` strings they hold), and then the
+    /// rest of that response line.
+    pub async fn read_imap_response(&mut self, tag: &str) -> io::Result<Vec<u8>> {
+        let prefix = format!("{tag} ");
+        let mut out = Vec::new();
+        let mut line_start = true;
+        loop {
+            let line = self.read_line().await?;
+            let is_last = line_start && (line.starts_with(&prefix) || line.starts_with('+'));
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            if let Some(n) = literal_len(&line) {
+                let bytes = self.read_bytes(n).await?;
+                // The CRLF above belongs to the announcement; the literal
+                // follows, then the line goes on.
+                out.extend_from_slice(&bytes);
+                line_start = false;
+                continue;
+            }
+            if is_last {
+                return Ok(out);
+            }
+            line_start = true;
+        }
+    }
+
     /// Send `line` and read the one-line reply.
     pub async fn command(&mut self, line: &str) -> io::Result<String> {
         self.send(line).await?;
@@ -274,8 +311,42 @@ impl LineClient {
         (std::mem::take(&mut self.buf), end)
     }
 
+    /// Send `line` (`tag command ...`) and read the IMAP responses up to its
+    /// tagged status line or a continuation request, as
+    /// [`LineClient::read_imap_response`].
+    pub async fn imap_command(&mut self, line: &str) -> io::Result<Vec<u8>> {
+        let tag = line.split(' ').next().unwrap_or(line).to_owned();
+        self.send(line).await?;
+        self.read_imap_response(&tag).await
+    }
+
     /// Send TLS close_notify (if TLS) and shut down the write half.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
+    }
+}
+
+/// The `n` of a line ending in an IMAP literal announcement `{n}`.
+fn literal_len(line: &str) -> Option<usize> {
+    let open = line.rfind('{')?;
+    let digits = line[open + 1..].strip_suffix('}')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::literal_len;
+
+    #[test]
+    fn literal_announcements() {
+        assert_eq!(literal_len("* 1 FETCH (RFC822 {12}"), Some(12));
+        assert_eq!(literal_len("{0}"), Some(0));
+        assert_eq!(literal_len("a OK {x}"), None);
+        assert_eq!(literal_len("a OK {3} done"), None);
+        assert_eq!(literal_len("{3+}"), None);
+        assert_eq!(literal_len("a OK done"), None);
     }
 }

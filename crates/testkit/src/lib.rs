@@ -10,6 +10,12 @@
 //!   (plain, implicit TLS or STARTTLS) that verifies AUTH PLAIN, LOGIN and
 //!   CRAM-MD5 for real, XOAUTH2 and OAUTHBEARER like the POP3 fake,
 //!   records messages byte-exactly and logs [`SmtpEvent`]s.
+//! - [`FakeImap`]: a scripted IMAP upstream on `127.0.0.1:0` (plain,
+//!   implicit TLS or STARTTLS) that verifies LOGIN, AUTHENTICATE PLAIN,
+//!   LOGIN and CRAM-MD5 for real, XOAUTH2 and OAUTHBEARER like the POP3
+//!   fake, keeps a small shared mailbox model (LIST, SELECT, FETCH with
+//!   real literals, STORE, EXPUNGE, APPEND of any size, IDLE) and logs
+//!   [`ImapEvent`]s.
 //! - [`FakeIdp`]: a scripted OAuth2 authorization server over HTTPS (device
 //!   authorization, token endpoint with the device code, refresh and
 //!   client credentials grants, introspection) whose [`BearerVerifier`]
@@ -26,6 +32,7 @@ mod auth;
 mod bearer;
 mod client;
 mod fake;
+mod imap;
 mod oauth;
 mod pki;
 mod pop3;
@@ -46,6 +53,10 @@ pub use bearer::{
 };
 pub use client::{LineClient, DEFAULT_READ_TIMEOUT};
 pub use fake::FakeSecurity;
+pub use imap::{
+    FakeImap, ImapEvent, ImapGreeting, ImapMessage, ImapMoment, ImapScript, ImapStarttls,
+    LoggedImapEvent, INJECTED_CAPABILITY, STRAY_OK,
+};
 pub use oauth::{
     ClientAuth, DeviceOutcome, FakeIdp, GrantType, IdpClient, IdpEvent, IdpScript,
     IssuedRefreshToken, IssuedToken, LoggedIdpEvent, RefreshTokenState, DEFAULT_CLIENT_ID,

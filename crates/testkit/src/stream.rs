@@ -45,6 +45,15 @@ impl Stream {
         }
     }
 
+    /// Look at the bytes waiting on a plain stream without consuming them;
+    /// `Ok(0)` on EOF or if the stream is not plain.
+    pub(crate) async fn peek_plain(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.peek(buf).await,
+            _ => Ok(0),
+        }
+    }
+
     /// Write all of `bytes` and flush (one TLS record flight, one segment
     /// where the kernel allows).
     pub(crate) async fn write_flush(&mut self, bytes: &[u8]) -> io::Result<()> {

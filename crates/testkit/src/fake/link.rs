@@ -154,7 +154,24 @@ impl<E: SessionEvent> Link<E> {
         if self.write(go_ahead).await.is_err() {
             return false;
         }
+        self.plaintext_before_handshake(verb).await;
         self.accept_tls(config).await
+    }
+
+    /// After the go-ahead the client's first byte must open a TLS record
+    /// (a handshake, 0x16). Anything else is a command it sent without
+    /// waiting for the handshake: a violation (its content is not logged,
+    /// it may be a password). The handshake then fails as it would anyway.
+    async fn plaintext_before_handshake(&mut self, verb: &str) {
+        const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+        let mut peeked = [0u8; 1024];
+        if let Ok(n @ 1..) = self.stream.peek_plain(&mut peeked).await {
+            if peeked[0] != TLS_HANDSHAKE_RECORD {
+                self.violation(format!(
+                    "{n} bytes of plaintext after the {verb} go-ahead, before the TLS handshake"
+                ));
+            }
+        }
     }
 
     /// One line without its CRLF; `None` on EOF, error or an overlong line
