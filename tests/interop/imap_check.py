@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pop3_check import Results, describe_diff, joined, load_expected, message_id, shorten  # noqa: E402
@@ -203,13 +204,23 @@ class RawIMAP:
         self.sock = sock
         self.buf = bytearray()
         self.n = 0
+        self.inflater = self.deflater = None
         self.greeting = self.line()
 
     def _fill(self):
         data = self.sock.recv(1 << 16)
         if not data:
             raise ConnectionError(f"connection closed by the server (buffered: {shorten(bytes(self.buf[:80]))})")
+        if self.inflater is not None:
+            data = self.inflater.decompress(data)
         self.buf += data
+
+    def start_deflate(self):
+        """RFC 4978 COMPRESS=DEFLATE from here on, both directions (raw
+        deflate; what was read past the tagged OK is already compressed)."""
+        self.inflater = zlib.decompressobj(-15)
+        self.deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self.buf = bytearray(self.inflater.decompress(bytes(self.buf)))
 
     def line(self):
         while True:
@@ -244,6 +255,8 @@ class RawIMAP:
         return f"t{self.n}"
 
     def send(self, data):
+        if self.deflater is not None:
+            data = self.deflater.compress(data) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
         self.sock.sendall(data)
 
     def until_tagged(self, tag):
@@ -443,6 +456,47 @@ def check_append(R, a, port, direct_port, prefix):
                 print(f"[interop] could not delete {box}: {e}", file=sys.stderr)
 
 
+def check_compress(R, a, port, bodies, must_offer):
+    """COMPRESS=DEFLATE (RFC 4978; Dovecot's imap_zlib plugin offers it).
+    Where it is offered after login it must work in both directions (the
+    session goes on compressed: SELECT, FETCH of every message byte for
+    byte); where it is not (postern may refuse COMPRESS, issue 13), the
+    command must be refused with a tagged NO or BAD and the session must go
+    on uncompressed."""
+    with R.block("COMPRESS=DEFLATE"):
+        with _closing(RawIMAP(port)) as r:
+            r.login(a.user, a.password)
+            untagged, _ = r.ok("CAPABILITY")
+            caps = caps_set(b" ".join(untagged))
+            offered = "COMPRESS=DEFLATE" in caps
+            if must_offer:
+                R.record(offered, "CAPABILITY after login offers COMPRESS=DEFLATE (imap_zlib)", describe_caps(caps))
+            _, tagged = r.command("COMPRESS DEFLATE")
+            status = tagged_status(tagged)
+            if offered:
+                if not R.record(status == "OK", "COMPRESS DEFLATE (offered) answered OK", shorten(tagged.strip())):
+                    return
+                r.start_deflate()
+                what = "compressed session"
+            else:
+                R.record(status in ("NO", "BAD"), "COMPRESS DEFLATE (not offered) refused with a tagged NO or BAD",
+                         shorten(tagged.strip()))
+                what = "session after the refused COMPRESS"
+            untagged, tagged = r.command("SELECT INBOX")
+            R.record(tagged_status(tagged) == "OK", f"{what}: SELECT INBOX answered OK", shorten(tagged.strip()))
+            untagged, tagged = r.command("UID FETCH 1:* (UID BODY.PEEK[])")
+            got = {}
+            for u in untagged:
+                uid = re.search(rb"UID (\d+)", u)
+                body = literal_from(u)
+                if uid and body is not None:
+                    got[int(uid.group(1))] = body
+            R.equal(f"{what}: FETCH of every message byte for byte", [got.get(k) for k in sorted(bodies)],
+                    [bodies[k][1] for k in sorted(bodies)])
+            r.command("LOGOUT")
+        return offered
+
+
 def run(argv, timeout=120, **kw):
     return subprocess.run(argv, capture_output=True, timeout=timeout, **kw)
 
@@ -635,9 +689,10 @@ def cmd_baseline(a):
 
     with R.block("LOGIN session"):
         ref = Reference(a.plain_port, a.user, a.password)
-        R.record("IDLE" in ref.post_caps and "LITERAL+" in ref.post_caps
+        R.record({"IDLE", "LITERAL+", "COMPRESS=DEFLATE"} <= ref.post_caps
                  and not auth_caps(ref.post_caps) and not set(FILTERED_AFTER_LOGIN) & ref.post_caps,
-                 "CAPABILITY after LOGIN: IDLE, LITERAL+; no STARTTLS, LOGINDISABLED, AUTH=", describe_caps(ref.post_caps))
+                 "CAPABILITY after LOGIN: IDLE, LITERAL+, COMPRESS=DEFLATE; no STARTTLS, LOGINDISABLED, AUTH=",
+                 describe_caps(ref.post_caps))
         R.record(any(re.search(rb'"?INBOX"?$', ln) for ln in ref.list), "LIST shows INBOX",
                  shorten(b" | ".join(ref.list)))
         R.equal("SELECT INBOX: EXISTS counts the seeded messages", ref.exists, len(expected))
@@ -680,6 +735,15 @@ def cmd_baseline(a):
                 select(m)[0], len(expected))
         R.record(True, "IMAPS protocol", m.sock.version())
         m.logout()
+
+    check_compress(R, a, a.plain_port, ref.bodies, must_offer=True)
+
+    with R.block("ID before login"):
+        with _closing(RawIMAP(a.plain_port)) as r:
+            untagged, tagged = r.command('ID ("name" "postern-interop")')
+            R.record(tagged_status(tagged) == "OK" and any(u.startswith(b"* ID ") for u in untagged),
+                     "ID before login answered (* ID, tagged OK)", shorten(b" | ".join(untagged)))
+            r.command("LOGOUT")
 
     # Every route's upstream port, the way postern will use it.
     for spec in a.route_port:
@@ -756,6 +820,9 @@ def cmd_route(a):
             R.record(auth_caps(caps) <= PASSTHROUGH_MECHS,
                      "CAPABILITY before login: no upstream AUTH= (only PLAIN/LOGIN, which carry the password through)",
                      describe_caps(auth_caps(caps)) or "no AUTH=")
+            untagged, tagged = r.command('ID ("name" "postern-interop")')
+            R.record(tagged_status(tagged) == "OK", "ID before login answered OK",
+                     shorten(b" | ".join(untagged + [tagged.strip()])))
             r.command("LOGOUT")
 
     pop3 = None
@@ -777,8 +844,12 @@ def cmd_route(a):
         R.record(not (set(FILTERED_AFTER_LOGIN) & caps) and not auth_caps(caps) and {"IMAP4REV1", "IDLE"} <= caps,
                  "CAPABILITY after login: IMAP4rev1, IDLE; no STARTTLS, LOGINDISABLED, AUTH=", describe_caps(caps))
         want = {c for c in ref.post_caps if c not in FILTERED_AFTER_LOGIN and not c.startswith("AUTH=")}
-        R.record(caps == want, "CAPABILITY after login is Dovecot's, minus STARTTLS/LOGINDISABLED/AUTH= only",
-                 f"missing {describe_caps(want - caps) or '-'}; added {describe_caps(caps - want) or '-'}")
+        # postern may refuse COMPRESS instead of relaying it (checked below).
+        missing = {c for c in want - caps if not c.startswith("COMPRESS=")}
+        R.record(not missing and caps <= want,
+                 "CAPABILITY after login is Dovecot's, minus STARTTLS/LOGINDISABLED/AUTH= (and COMPRESS= if refused) only",
+                 f"missing {describe_caps(missing) or '-'}; added {describe_caps(caps - want) or '-'}"
+                 + ("; COMPRESS=DEFLATE dropped" if "COMPRESS=DEFLATE" in want - caps else ""))
         typ, lst = m.list()
         R.equal("LIST equals Dovecot's directly", sorted(lst), sorted(ref.list))
         exists, uidvalidity = select(m)
@@ -797,6 +868,8 @@ def cmd_route(a):
 
     check_append(R, a, a.via_port, a.direct_port, a.route)
     check_concurrent(R, a, ref)
+    relayed = check_compress(R, a, a.via_port, ref.bodies, must_offer=False)
+    print(f"[interop] {a.route}: COMPRESS=DEFLATE " + ("relayed" if relayed else "refused"), file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=a.tmp) as tmp:
         used = check_curl(R, a, a.via_port, ref.bodies, tmp)
         print(f"[interop] curl's login through {a.route}: {sorted(used)}", file=sys.stderr)

@@ -10,7 +10,8 @@
 #
 # Dovecot gets an imap-login listener per purpose: a plain (+ STARTTLS)
 # and an IMAPS port for direct reference sessions, and one port per postern
-# route, so that lport= in its login lines tells the routes apart. alice
+# route, so that lport= in its login lines tells the routes apart; the
+# IMAP service also loads imap_zlib (COMPRESS=DEFLATE after login). alice
 # holds the seeded messages (the pop3 suite's); carol receives the IDLE
 # messages through Postfix (the smtp suite's postern route pf-cram).
 #
@@ -61,6 +62,9 @@ imap_prepare() {
 protocol imap {
   mail_max_userip_connections = 40
   mailbox_idle_check_interval = 1 secs
+  # COMPRESS=DEFLATE (RFC 4978) after login, so that the route checks see
+  # what postern does with it (relays it both ways, or refuses it).
+  mail_plugins = \$mail_plugins zlib imap_zlib
 }
 service imap-login {
   inet_listener imap {
