@@ -531,9 +531,11 @@ def check_curl(R, a, port, bodies, tmp):
     return used
 
 
-def check_fetchmail(R, a, port, expected, tmp, name):
+def check_fetchmail(R, a, port, expected, tmp, name, auth=None, want_login=None):
     """fetchmail, protocol IMAP, keep + fetchall, no TLS, an MDA writing one
-    file per message: every seeded message, with LF line ends."""
+    file per message: every seeded message, with LF line ends. `auth`
+    forces fetchmail's auth option (`password`: LOGIN); `want_login` is the
+    login command it must have sent."""
     with tempfile.TemporaryDirectory(dir=tmp) as home:
         out = os.path.join(home, "out")
         os.mkdir(out)
@@ -542,7 +544,7 @@ def check_fetchmail(R, a, port, expected, tmp, name):
         with os.fdopen(fd, "w") as f:
             f.write("set no syslog\n"
                     "set invisible\n"  # no Received: header of its own
-                    f"poll {HOST} with protocol IMAP port {port} timeout 60:\n"
+                    f"poll {HOST} with protocol IMAP port {port}" + (f" auth {auth}" if auth else "") + " timeout 60:\n"
                     f'  user "{a.user}" there with password "{a.password}"\n'
                     "  keep fetchall no mimedecode\n"
                     "  sslproto ''\n"  # no STARTTLS: postern's listener is plain
@@ -560,6 +562,7 @@ def check_fetchmail(R, a, port, expected, tmp, name):
         retrieved = re.search(r"(\d+) messages? for \S+ at", text)
         files = sorted(glob.glob(os.path.join(out, "msg.*")))
         R.record(proc.returncode == 0 and logins and "STARTTLS" not in sent
+                 and (want_login is None or logins == [want_login])
                  and retrieved is not None and int(retrieved.group(1)) == len(files) == len(expected),
                  f"{name}: logs in and retrieves every message (keep)",
                  f"exit {proc.returncode}; login {logins}; {len(files)} files; "
@@ -762,6 +765,11 @@ def cmd_baseline(a):
         print(f"[interop] curl's login against Dovecot: {sorted(used)}", file=sys.stderr)
         logins = check_fetchmail(R, a, a.plain_port, expected, tmp, "fetchmail --protocol IMAP (Dovecot directly)")
         print(f"[interop] fetchmail's login against Dovecot: {logins}", file=sys.stderr)
+        # What it does through postern, whose listener offers no STARTTLS:
+        # LOGIN with the password in the clear (sslproto '' allows it).
+        check_fetchmail(R, a, a.plain_port, expected, tmp,
+                        "fetchmail --protocol IMAP --auth password (Dovecot directly, LOGIN without TLS)",
+                        auth="password", want_login="LOGIN")
 
     check_idle(R, a, a.plain_port,
                lambda: deliver_smtp(a.smtp_port, a.idle_user, a.idle_password, a.idle_rcpt, "imap-baseline", "idle"),
