@@ -45,8 +45,8 @@
 # (smtp reads its mail back through pop3's routes, so it comes after pop3;
 # lan adds to pop3's Dovecot and smtp's Postfix, so it comes after both;
 # imap, opt-in, reads pop3's Maildirs and sends through smtp's routes, so it
-# comes after lan; oauth, opt-in, comes last). Optional suite functions: <suite>_toplevel
-# (top-level postern config keys) and <suite>_before_start.
+# comes after lan; oauth, opt-in, comes last). Optional suite functions:
+# <suite>_toplevel (top-level postern config keys) and <suite>_before_start.
 set -Eeuo pipefail
 
 # dovecot and doveadm live in /usr/sbin, which a CI runner's PATH may lack.
