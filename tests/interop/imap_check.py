@@ -347,8 +347,9 @@ def check_messages(R, what, bodies, expected, ref=None, pop3=None):
 
 def big_message(marker):
     """About 10 MB, CRLF, 8-bit, with lines that look like IMAP protocol
-    (a tagged OK with a capability list, * BYE, +, DONE, a literal marker)
-    so that a relay that parsed message data would show."""
+    (* CAPABILITY and a tagged OK with a capability list naming STARTTLS,
+    * BYE, +, DONE, a literal marker) so that a relay that parsed (or
+    rewrote capabilities in) message data would show."""
     head = ("From: Postern Interop <sender@interop.invalid>\r\n"
             "To: Mailbox Owner <owner@interop.invalid>\r\n"
             "Subject: 10 MB APPEND through postern\r\n"
@@ -358,6 +359,7 @@ def big_message(marker):
             "Content-Type: text/plain; charset=utf-8\r\n"
             "Content-Transfer-Encoding: 8bit\r\n\r\n").encode()
     traps = [b"A001 OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN] not a response",
+             b"* CAPABILITY IMAP4rev1 STARTTLS AUTH=CRAM-MD5 COMPRESS=DEFLATE not a response",
              b"* BYE not a response", b"+ not a continuation", b"DONE", b"{1024}", b")", b".", b"",
              "Grüße aus Köln — ✉ 8-bit".encode(), b"* 99 EXISTS", b"t1 NO [AUTHENTICATIONFAILED] text",
              ("0123456789" * 100)[:998].encode()]
@@ -381,7 +383,8 @@ def small_message(marker):
             "Subject: LITERAL+ APPEND\r\n"
             f"Message-ID: <{marker}@postern-interop.invalid>\r\n\r\n"
             "Appended with a non-synchronising literal.\r\n"
-            "A001 OK [CAPABILITY STARTTLS] inside the literal\r\n").encode()
+            "A001 OK [CAPABILITY STARTTLS] inside the literal\r\n"
+            "* CAPABILITY IMAP4rev1 STARTTLS AUTH=PLAIN inside the literal\r\n").encode()
 
 
 def check_append(R, a, port, direct_port, prefix):
