@@ -137,16 +137,27 @@ apt_need() {
 # Taken below the kernel's ephemeral range, so that no outgoing connection
 # (postern's to Dovecot, say) can grab one between this test and the bind;
 # all are held open together so none is handed out twice.
+# Ports handed out earlier in this run are never handed out again (each
+# suite asks separately, and a port released by one call is free again for
+# the next): they are recorded in $FREE_PORTS_USED.
+FREE_PORTS_USED=${FREE_PORTS_USED:-$(mktemp "${TMPDIR:-/tmp}/postern-interop-ports.XXXXXX")}
+export FREE_PORTS_USED
+on_exit 'rm -f "$FREE_PORTS_USED"'
 free_ports() {
-  python3 - "$1" <<'PY'
+  python3 - "$1" "$FREE_PORTS_USED" <<'PY'
 import random, socket, sys
 with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
     ephemeral_low = int(f.read().split()[0])
 low, high = 10000, max(ephemeral_low, 12000)
+used_file = sys.argv[2]
+with open(used_file) as f:
+    used = {int(p) for p in f.read().split()}
 socks = []
 for candidate in random.sample(range(low, high), high - low):
     if len(socks) == int(sys.argv[1]):
         break
+    if candidate in used:
+        continue
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", candidate))
@@ -156,7 +167,10 @@ for candidate in random.sample(range(low, high), high - low):
     socks.append(s)
 if len(socks) < int(sys.argv[1]):
     sys.exit(f"no {sys.argv[1]} free ports between {low} and {high}")
-print(" ".join(str(s.getsockname()[1]) for s in socks))
+ports = [s.getsockname()[1] for s in socks]
+with open(used_file, "a") as f:
+    f.write("".join(f"{p}\n" for p in ports))
+print(" ".join(str(p) for p in ports))
 PY
 }
 
