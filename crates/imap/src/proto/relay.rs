@@ -342,6 +342,15 @@ impl ServerScanner {
         let line = &input[..len];
         let tagged = self.state == ServerState::AfterTag;
         self.state = ServerState::LineStart;
+        if !tagged {
+            // An untagged line is read as announcing a literal like any
+            // other; one that does is no capability list postern can
+            // rewrite (its `{n}` is no atom): it passes as it is.
+            if let Some((_, a)) = literal::announced(strip_eol(line), false) {
+                self.state = after_server_line(Some(a));
+                return Ok(Out::Pass(len));
+            }
+        }
         let patterns: &[(&[u8], bool)] = if tagged {
             &TAGGED_CAPABILITY
         } else {
@@ -814,6 +823,12 @@ mod tests {
                 b"a4 OK done {5}\r\n* CAPABILITY STARTTLS\r\n",
                 b"a4 OK done {5}\r\n* CAPABILITY\r\n",
                 vec![b"a4"],
+            ),
+            // A capability line that announces a literal passes unchanged.
+            (
+                b"* CAPABILITY IMAP4rev1 STARTTLS {3}\r\nxyz\r\n",
+                b"* CAPABILITY IMAP4rev1 STARTTLS {3}\r\nxyz\r\n",
+                vec![],
             ),
             (
                 b"* 4 EXISTS\r\n* BYE bye\r\na5 OK LOGOUT\r\n",

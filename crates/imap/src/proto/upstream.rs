@@ -1046,6 +1046,84 @@ mod tests {
         );
     }
 
+    /// postern's LOGIN, read by an IMAP server's parser (postern's own
+    /// CommandReader), gives back the same user and password, part by
+    /// part as the server grants them.
+    #[test]
+    fn login_round_trips_through_a_server_parser() {
+        use crate::proto::command::{Assembled, CommandKind, CommandReader, Limits, Read};
+        let limits = Limits {
+            max_line: 1 << 16,
+            max_literal: 1 << 16,
+            max_command: 1 << 17,
+        };
+        let long = "\u{e4}".repeat(3000);
+        let credentials = [
+            ("tim", "tanstaaf"),
+            ("t\"i\\m", "\"\\"),
+            ("{5}", "x {5}"),
+            ("j\u{f6}rg", "p\u{e4}ss\tword"),
+            ("a b", ""),
+            ("\x01", "\x7f"),
+            ("NIL", "{0+}"),
+            ("u", long.as_str()),
+        ];
+        for caps in ["IMAP4rev1", "IMAP4rev1 LITERAL+", "IMAP4rev1 LITERAL-"] {
+            for (user, password) in credentials {
+                let r = connect(Security::Tls, UpstreamAuth::Login, "* OK hi\r\n", caps);
+                let l = Login::new(user.as_bytes(), Secret::from(password)).expect("login");
+                let (mut m, first) = r.login(l);
+                let mut reader = CommandReader::new(limits);
+                let mut step = first;
+                let command = loop {
+                    let bytes = step.sent().expect("a command").to_vec();
+                    let mut rest = &bytes[..];
+                    let outcome = loop {
+                        let a = match reader.expects() {
+                            Read::Line => {
+                                let i = rest.iter().position(|b| *b == b'\n').expect("a line");
+                                let (line, r) = rest.split_at(i + 1);
+                                rest = r;
+                                reader.feed_line(line)
+                            }
+                            Read::Literal(n) => {
+                                let (literal, r) = rest.split_at(n);
+                                rest = r;
+                                reader.feed_literal(literal)
+                            }
+                        };
+                        match a {
+                            Assembled::Need(_) => {
+                                assert!(!rest.is_empty(), "stops where a server waits")
+                            }
+                            other => {
+                                assert!(rest.is_empty(), "octets before the server's answer");
+                                break other;
+                            }
+                        }
+                    };
+                    match outcome {
+                        Assembled::Continue(_) => {
+                            step = on(&mut m, &["+ Ready\r\n"]).expect("the next part")
+                        }
+                        Assembled::Command(c) => break c,
+                        other => panic!("{caps} {user:?}: {other:?}"),
+                    }
+                };
+                match command.kind {
+                    CommandKind::Login {
+                        user: u,
+                        password: p,
+                    } => {
+                        assert_eq!(u, user.as_bytes(), "{caps}");
+                        assert_eq!(p.expose(), password.as_bytes(), "{caps} {user:?}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn refusals_retries_and_fresh_tags() {
         let r = connect(
