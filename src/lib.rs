@@ -19,6 +19,7 @@ use postern_core::server::{
     Applied, BindError, Frontend, ListenOptions, ListenerSpec, Server, Serving,
 };
 use postern_core::session::{Frontdoor, Route as SessionRoute};
+use postern_imap::Imap;
 use postern_pop3::Pop3;
 use postern_smtp::Smtp;
 use tokio_util::sync::CancellationToken;
@@ -198,6 +199,11 @@ pub async fn probe(
                 let r = SessionRoute::<Smtp>::new(route, timeouts, limits);
                 Smtp::probe(&r, credentials.clone()).await
             }
+            Protocol::Imap => {
+                let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::IMAP);
+                let r = SessionRoute::<Imap>::new(route, timeouts, limits);
+                Imap::probe(&r, credentials.clone()).await
+            }
         };
         if let Some(problem) = token_problem {
             report.login = Some("failed: no OAuth2 access token".to_owned());
@@ -231,6 +237,12 @@ fn listener_spec(config: &Config, route: PreparedRoute) -> ListenerSpec {
         Protocol::Smtp => {
             let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::SMTP);
             Arc::new(Frontdoor::new(SessionRoute::<Smtp>::new(
+                route, timeouts, limits,
+            )))
+        }
+        Protocol::Imap => {
+            let timeouts = config.timeouts.resolve(&c.timeouts, Timeouts::IMAP);
+            Arc::new(Frontdoor::new(SessionRoute::<Imap>::new(
                 route, timeouts, limits,
             )))
         }

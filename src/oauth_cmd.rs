@@ -175,7 +175,12 @@ fn device_sources(config: &Config, name: &str) -> Option<String> {
         .accounts
         .iter()
         .find(|a| a.local_user.is_none() && a.upstream_user == account)?;
-    let nets: Vec<String> = a.sources.as_ref()?.iter().map(ToString::to_string).collect();
+    let nets: Vec<String> = a
+        .sources
+        .as_ref()?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Some(nets.join(", "))
 }
 

@@ -123,6 +123,20 @@ impl Timeouts {
     };
 }
 
+impl Timeouts {
+    /// RFC 9051-based defaults for IMAP: a logged-in client may stay idle
+    /// (IDLE, or simply between commands) for the 30-minute autologout
+    /// timer §5.4 requires at least; upstream replies get the POP3 bound.
+    pub const IMAP: Timeouts = Timeouts {
+        client_idle: IMAP_IDLE,
+        ..Timeouts::POP3
+    };
+}
+
+/// IMAP: a logged-in client's inactivity before autologout (RFC 9051 §5.4:
+/// at least 30 minutes).
+pub const IMAP_IDLE: Duration = Duration::from_secs(30 * 60 + 60);
+
 /// The size limits of one route, after configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

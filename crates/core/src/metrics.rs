@@ -210,6 +210,7 @@ pub fn session_ended(r: &str, end: &SessionEnd, took: Duration) {
             | Closed::DeviceRefused
             | Closed::EarlyTalker
             | Closed::HttpRequest
+            | Closed::ProtocolViolation
             | Closed::TlsOnPlainPort
             | Closed::BytesAfterStartTls
             | Closed::BareLineEnding,

@@ -5,6 +5,9 @@
 //! - [`proto`]: parsers and machines with no I/O (client commands and
 //!   literals, server responses, capability rewriting, the upstream
 //!   machines, the relay scanners);
-//! - `session`: the [`postern_core::session::Protocol`] impl (I/O glue).
+//! - [`Imap`]: the [`postern_core::session::Protocol`] impl (I/O glue).
 
 pub mod proto;
+mod session;
+
+pub use session::{Imap, ImapExtra};

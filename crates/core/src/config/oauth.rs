@@ -124,6 +124,7 @@ impl OAuthConfig {
                     let scope = match protocol {
                         Protocol::Pop3 => "https://outlook.office.com/POP.AccessAsUser.All",
                         Protocol::Smtp => "https://outlook.office.com/SMTP.Send",
+                        Protocol::Imap => "https://outlook.office.com/IMAP.AccessAsUser.All",
                     };
                     vec![scope.to_owned(), "offline_access".to_owned()]
                 } else {

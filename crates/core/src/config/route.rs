@@ -68,6 +68,8 @@ pub enum Protocol {
     Pop3,
     /// SMTP submission (RFC 5321, RFC 6409).
     Smtp,
+    /// IMAP (RFC 9051, RFC 3501).
+    Imap,
 }
 
 impl fmt::Display for Protocol {
@@ -75,6 +77,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Pop3 => "pop3",
             Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
         })
     }
 }
@@ -112,7 +115,7 @@ pub enum UpstreamAuth {
     Apop,
     /// SASL PLAIN (RFC 4616; POP3 RFC 5034, SMTP RFC 4954).
     Plain,
-    /// SASL LOGIN (SMTP only).
+    /// SASL LOGIN (SMTP); the LOGIN command (IMAP).
     Login,
     /// SASL CRAM-MD5 (RFC 2195).
     CramMd5,

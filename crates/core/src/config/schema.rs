@@ -422,7 +422,7 @@ routes:
             ),
             (
                 "an unknown protocol",
-                with("protocol: pop3", "protocol: imap"),
+                with("protocol: pop3", "protocol: nntp"),
             ),
             (
                 "a listen map without address",

@@ -335,11 +335,16 @@ fn validate_route(route: &Route, p: &mut dyn FnMut(&str, String)) {
                     | UpstreamAuth::CramMd5
                     | UpstreamAuth::None
             ),
+            Protocol::Imap => matches!(
+                up.auth,
+                UpstreamAuth::Login | UpstreamAuth::Plain | UpstreamAuth::CramMd5
+            ),
         };
     if !auth_ok {
         let allowed = match route.protocol {
             Protocol::Pop3 => "user, apop, plain, cram-md5, xoauth2 or oauthbearer",
             Protocol::Smtp => "plain, login, cram-md5, xoauth2, oauthbearer or none",
+            Protocol::Imap => "login, plain, cram-md5, xoauth2 or oauthbearer",
         };
         p(
             "upstream.auth",

@@ -130,6 +130,30 @@ impl ClientSide {
         }
     }
 
+    /// Reads exactly `n` bytes (an IMAP literal), under the same deadlines
+    /// as [`ClientSide::read_line`]; the caller bounds `n`.
+    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, Closed> {
+        let (limit, expired) = self.read_deadline();
+        let read = async {
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                if self.conn.buffered().is_empty() && self.conn.fill().await? == 0 {
+                    return Ok(None);
+                }
+                let take = self.conn.buffered().len().min(n - out.len());
+                out.extend_from_slice(&self.conn.buffered()[..take]);
+                self.conn.consume(take);
+            }
+            Ok::<_, std::io::Error>(Some(out))
+        };
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(Some(bytes))) => Ok(bytes),
+            Ok(Ok(None)) => Err(Closed::ClientGone),
+            Ok(Err(_)) => Err(Closed::ClientFailed),
+            Err(_) => Err(expired),
+        }
+    }
+
     /// Reads the client's next line while watching the upstream: a byte
     /// (or a close) from the upstream while no command is outstanding is
     /// unsolicited and ends the upstream session.

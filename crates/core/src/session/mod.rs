@@ -64,6 +64,10 @@ pub enum Closed {
     /// An HTTP request arrived on a mail port.
     #[error("HTTP request on a mail port")]
     HttpRequest,
+    /// The client broke the protocol past recovery (IMAP: a
+    /// non-synchronising literal over the cap, too many bad commands).
+    #[error("protocol violation")]
+    ProtocolViolation,
     /// The client's address is blocked after failed logins.
     #[error("address blocked after failed logins")]
     AddressBlocked,
