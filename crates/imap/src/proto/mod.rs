@@ -43,8 +43,12 @@
 //!   APPEND) does not swallow the client's next command. Only the lines
 //!   postern holds are bounded (64 KiB); lines passed through are not,
 //!   since nothing of them is kept.
-//! - `UNAUTHENTICATE` (RFC 8437) is withheld after login and refused by
-//!   the relay, as `COMPRESS` and `STARTTLS` are.
+//! - The client scanner reports each command's [`relay::Verb`] (the
+//!   commands the relay cares about, not the raw name) and makes the
+//!   refusal itself: `ClientOut::Refuse` carries the octets to drop and
+//!   the tagged reply, so the policy stays in this pure layer.
+//!   `UNAUTHENTICATE` (RFC 8437) is withheld after login and refused too,
+//!   as `COMPRESS` and `STARTTLS` are.
 //! - `Ready::login` takes `&self` as in the other front ends; postern's
 //!   tag counter lives in an atomic so retries on the same connection get
 //!   fresh tags.

@@ -25,10 +25,10 @@
 //! them); the next n octets are passed as opaque data and the response
 //! goes on after them. Tagged and `+` lines carry no literals. An untagged
 //! `* CAPABILITY` line and a `[CAPABILITY ...]` code in any status line
-//! are rewritten with [`capability::after_login`]. Unlike the brief's
-//! "64 KiB line" bound, lines that are passed through are not bounded:
-//! nothing of them is held (a `UID SEARCH` of a large mailbox answers with
-//! one line of megabytes); the bound applies to the lines postern holds.
+//! are rewritten with [`capability::after_login`]. Only the lines postern
+//! holds are bounded ([`MAX_HELD_LINE`]); lines passed through are not,
+//! since nothing of them is kept (a `UID SEARCH` of a large mailbox
+//! answers with one line of megabytes).
 //!
 //! **Client → server** ([`ClientScanner`]): every line that starts a
 //! command is reported with its verb ([`Verb`]); `STARTTLS`, `COMPRESS`
@@ -310,8 +310,8 @@ impl ServerScanner {
         }
     }
 
-    /// Whether the line at `input` is one to rewrite: `Some(Yes)` (with
-    /// the pattern remembered by [`Self::hold`]), `Some(Partial)`, `None`.
+    /// Whether the line at `input` is one to rewrite (`Some(Yes)`), may
+    /// be once more octets arrive (`Some(Partial)`), or is not (`None`).
     fn rewritten(input: &[u8], patterns: &[(&[u8], bool)]) -> Option<Match> {
         let mut partial = false;
         for (pattern, code) in patterns {
