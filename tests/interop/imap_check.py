@@ -57,6 +57,10 @@ BAD_PASSWORD_SOURCE = "127.0.0.51"   # baseline wrong password: keeps Dovecot's 
 NON_LOOPBACK_SOURCE = "127.0.0.52"   # baseline: Dovecot as a network client sees it (not "secured")
 # What postern removes from the capabilities it relays after login (issue 13).
 FILTERED_AFTER_LOGIN = ("STARTTLS", "LOGINDISABLED")
+# What postern may also withhold after login, because it refuses the command
+# there: SASL-IR only describes AUTHENTICATE (no use after login) and
+# UNAUTHENTICATE would hand the client a not-authenticated upstream session.
+WITHHELD_AFTER_LOGIN = ("SASL-IR", "UNAUTHENTICATE")
 # What a client can use with passthrough credentials: mechanisms that carry
 # the password, which postern then uses upstream with the route's method.
 PASSTHROUGH_MECHS = {"AUTH=PLAIN", "AUTH=LOGIN"}
@@ -856,9 +860,11 @@ def cmd_route(a):
                  "CAPABILITY after login: IMAP4rev1, IDLE; no STARTTLS, LOGINDISABLED, AUTH=", describe_caps(caps))
         want = {c for c in ref.post_caps if c not in FILTERED_AFTER_LOGIN and not c.startswith("AUTH=")}
         # postern may refuse COMPRESS instead of relaying it (checked below).
-        missing = {c for c in want - caps if not c.startswith("COMPRESS=")}
+        missing = {c for c in want - caps
+                   if not c.startswith("COMPRESS=") and c not in WITHHELD_AFTER_LOGIN}
         R.record(not missing and caps <= want,
-                 "CAPABILITY after login is Dovecot's, minus STARTTLS/LOGINDISABLED/AUTH= (and COMPRESS= if refused) only",
+                 "CAPABILITY after login is Dovecot's, minus STARTTLS/LOGINDISABLED/AUTH= "
+                 "(and COMPRESS=, SASL-IR, UNAUTHENTICATE if refused) only",
                  f"missing {describe_caps(missing) or '-'}; added {describe_caps(caps - want) or '-'}"
                  + ("; COMPRESS=DEFLATE dropped" if "COMPRESS=DEFLATE" in want - caps else ""))
         typ, lst = m.list()

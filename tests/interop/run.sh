@@ -24,11 +24,10 @@
 #   INTEROP_IMAGE=TAG           also run the container image TAG (built by
 #                               docker/build-image.sh) with podman + runc
 #                               against the same servers (lib/image.sh)
-#   INTEROP_IMAP=1              also run the imap suite (suites/imap.sh):
-#                               Dovecot's IMAP service, and postern's IMAP
-#                               routes in front of it (imaplib, curl imap://,
-#                               fetchmail). Needed for --dovecot-only and
-#                               --attach alike
+#   INTEROP_IMAP=0              leave out the imap suite (suites/imap.sh, on
+#                               by default): Dovecot's IMAP service, and
+#                               postern's IMAP routes in front of it
+#                               (imaplib, curl imap://, fetchmail)
 #   INTEROP_OAUTH=0             leave out the oauth suite (suites/oauth.sh, on
 #                               by default): Dovecot's oauth2 passdb and
 #                               Postfix through it with a fake authorization
@@ -44,7 +43,7 @@
 # the same functions as suites/pop3.sh and adding NAME to SUITES below
 # (smtp reads its mail back through pop3's routes, so it comes after pop3;
 # lan adds to pop3's Dovecot and smtp's Postfix, so it comes after both;
-# imap, opt-in, reads pop3's Maildirs and sends through smtp's routes, so it
+# imap reads pop3's Maildirs and sends through smtp's routes, so it
 # comes after lan; oauth comes last). Optional suite functions:
 # <suite>_toplevel (top-level postern config keys) and <suite>_before_start.
 set -Eeuo pipefail
@@ -69,13 +68,12 @@ source "$HERE/lib/postern.sh"
 # shellcheck source=lib/image.sh
 source "$HERE/lib/image.sh"
 # The imap suite (suites/imap.sh: Dovecot's IMAP service, postern's IMAP
-# routes) is opt-in until postern's IMAP front end (issue 13) is in: its
-# postern-side checks cannot pass before. Off, it does not run at all (and
-# Dovecot gets no IMAP listeners), and the summary says so.
-case ${INTEROP_IMAP:-0} in
+# routes) runs by default; INTEROP_IMAP=0 leaves it out (and Dovecot gets
+# no IMAP listeners), and the summary says so.
+case ${INTEROP_IMAP:-1} in
   1) SUITES+=(imap) ;;
-  0) NOT_RUN_NOTES+=("suite imap did not run (opt-in: INTEROP_IMAP=1 runs it)") ;;
-  *) die "INTEROP_IMAP must be 1 (run the imap suite) or 0/unset, not '$INTEROP_IMAP'" ;;
+  0) NOT_RUN_NOTES+=("suite imap did not run (INTEROP_IMAP=0)") ;;
+  *) die "INTEROP_IMAP must be 1 (run the imap suite, the default) or 0, not '$INTEROP_IMAP'" ;;
 esac
 # The oauth suite runs by default; INTEROP_OAUTH=0 leaves it out (the
 # summary then says so).

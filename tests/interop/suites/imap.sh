@@ -1,8 +1,7 @@
 # shellcheck shell=bash
 # state_set assigns the variables it is given by name:
 # shellcheck disable=SC2153
-# IMAP suite (opt-in: INTEROP_IMAP=1, until postern's IMAP front end,
-# issue 13, is in): Dovecot's IMAP service (dovecot-imapd) on the POP3
+# IMAP suite (on by default; INTEROP_IMAP=0 leaves it out): Dovecot's IMAP service (dovecot-imapd) on the POP3
 # suite's users and Maildirs, one postern IMAP route per upstream mode in
 # front of it, and the legacy clients the issue names: Python imaplib (and
 # a raw socket for IDLE, LITERAL+ and a wrong password), curl imap:// and
