@@ -49,6 +49,20 @@ fn plain_routes_allow_plaintext_passwords_only_for_user_plain_and_login() {
             format!("  - name: s\n    protocol: smtp\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{UP}\", security: none, auth: {auth}{allow} }}\n")
         );
     }
+    for (auth, plaintext) in [("login", true), ("plain", true), ("cram-md5", false)] {
+        let allow = if plaintext {
+            ", allow_plaintext_password: true"
+        } else {
+            ""
+        };
+        assert_eq!(
+            RouteYaml::imap("i", UP)
+                .security("none")
+                .auth(auth)
+                .to_string(),
+            format!("  - name: i\n    protocol: imap\n    listen: 127.0.0.1:0\n    upstream: {{ address: \"{UP}\", security: none, auth: {auth}{allow} }}\n")
+        );
+    }
     // Over TLS no password is in clear; and a test of the check can leave
     // the key out where the rule would add it.
     assert_eq!(
@@ -217,13 +231,15 @@ fn whole_configurations() {
             .to_string(),
         format!("timeouts: {{ tls_handshake: 4s }}\nroutes:\n{p}")
     );
-    // And postern reads them.
+    // And postern reads them, an IMAP route with a plain-text LOGIN too.
+    let i = RouteYaml::imap("i", UP).security("none").auth("login");
     let config = common::config(
         &GatewayYaml::new()
             .limits("total_sessions: 3")
             .route(p)
             .route(s)
+            .route(i)
             .to_string(),
     );
-    assert_eq!(config.routes.len(), 2);
+    assert_eq!(config.routes.len(), 3);
 }

@@ -18,6 +18,7 @@ use std::path::Path;
 pub enum Protocol {
     Pop3,
     Smtp,
+    Imap,
 }
 
 impl Protocol {
@@ -25,6 +26,7 @@ impl Protocol {
         match self {
             Protocol::Pop3 => "pop3",
             Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
         }
     }
 }
@@ -277,9 +279,9 @@ impl Display for Listen {
 
 /// One entry of `routes:`, listening on 127.0.0.1:0 unless told otherwise.
 ///
-/// `security: none` with `auth: user`, `plain` or `login` gets
-/// `allow_plaintext_password: true` (the config refuses it otherwise)
-/// unless [`RouteYaml::plaintext_password`] says differently.
+/// `security: none` with `auth: user` (POP3), `plain` or `login` (SMTP,
+/// IMAP) gets `allow_plaintext_password: true` (the config refuses it
+/// otherwise) unless [`RouteYaml::plaintext_password`] says differently.
 #[derive(Clone, Debug)]
 pub struct RouteYaml {
     name: String,
@@ -332,6 +334,11 @@ impl RouteYaml {
     /// An SMTP route to `upstream` (an address or `host:port`).
     pub fn smtp(name: &str, upstream: impl Display) -> Self {
         Self::new(Protocol::Smtp, name, upstream)
+    }
+
+    /// An IMAP route to `upstream` (an address or `host:port`).
+    pub fn imap(name: &str, upstream: impl Display) -> Self {
+        Self::new(Protocol::Imap, name, upstream)
     }
 
     /// `upstream.security`: `none`, `tls` or `starttls`; left out (the
