@@ -129,6 +129,21 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// What [`Conn::write_or_fill`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplex {
+    /// Every byte is written and flushed; nothing was read.
+    Written,
+    /// The peer sent `read` bytes (now buffered; 0: its end of stream)
+    /// before the write was done; the first `written` bytes went out.
+    Read {
+        /// Bytes of the write that went out.
+        written: usize,
+        /// Bytes read into the buffer (0 at end of stream).
+        read: usize,
+    },
+}
+
 /// What [`Conn::read_line`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LineRead {
@@ -194,10 +209,7 @@ impl Conn {
     /// Cancel-safe: bytes go straight into the buffer's spare capacity, so a
     /// read abandoned by a timeout leaves the buffer as it was.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.start > 0 && (self.start == self.buf.len() || self.start >= READ_BUFFER / 2) {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        self.compact();
         // The buffer stays at its fixed size unless a caller is assembling a
         // line longer than it.
         let spare = (self.start + READ_BUFFER)
@@ -301,6 +313,80 @@ impl Conn {
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await?;
         self.stream.flush().await
+    }
+
+    /// Writes `bytes` and flushes them while reading whatever the peer
+    /// sends meanwhile into the buffer: returns when the write is done, or
+    /// as soon as something was read (or the peer's end of stream seen).
+    ///
+    /// A full-duplex relay needs this: a peer that reads nothing until it
+    /// has written (an IMAP server sending a long response before it reads
+    /// the next command) deadlocks a relay that waits on its write to that
+    /// peer without reading from it. With `read: false` (after the peer's
+    /// end of stream) only the write goes on. At most one buffer's worth
+    /// is read per call, so the caller consumes before reading more.
+    ///
+    /// Not cancel-safe for the write (bytes written before a cancellation
+    /// are not counted): bound it with a deadline that ends the connection.
+    pub async fn write_or_fill(&mut self, bytes: &[u8], read: bool) -> io::Result<Duplex> {
+        if read {
+            self.compact();
+        }
+        let mut written = 0;
+        std::future::poll_fn(|cx| {
+            let mut got = None;
+            if read {
+                let len = self.buf.len();
+                let spare = (self.start + READ_BUFFER).saturating_sub(len).max(1024);
+                self.buf.resize(len + spare, 0);
+                let mut dst = ReadBuf::new(&mut self.buf[len..]);
+                let polled = Pin::new(&mut self.stream).poll_read(cx, &mut dst);
+                let n = dst.filled().len();
+                self.buf.truncate(len + n);
+                match polled {
+                    Poll::Ready(Ok(())) => got = Some(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            let mut flushed = false;
+            loop {
+                if written < bytes.len() {
+                    match Pin::new(&mut self.stream).poll_write(cx, &bytes[written..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            written += n;
+                            continue;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                }
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => flushed = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+                break;
+            }
+            match got {
+                Some(read) => Poll::Ready(Ok(Duplex::Read { written, read })),
+                None if flushed => Poll::Ready(Ok(Duplex::Written)),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Drops consumed bytes from the front of the buffer when that frees
+    /// enough room (as [`Conn::fill`] does before reading).
+    fn compact(&mut self) {
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= READ_BUFFER / 2) {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
     }
 
     /// Closes the write side politely.
@@ -472,5 +558,57 @@ mod tests {
             Err(UpgradeError::BytesAfterGoAhead) => {}
             other => panic!("expected refusal, got {other:?}"),
         }
+    }
+
+    /// A peer that reads nothing until it has written 8 MiB, while we
+    /// write 8 MiB to it: waiting on the write alone deadlocks;
+    /// `write_or_fill` hands back what was read and goes on.
+    #[tokio::test]
+    async fn write_or_fill_reads_while_the_peer_does_not() {
+        use tokio::io::AsyncReadExt;
+        const SIZE: usize = 8 * 1024 * 1024;
+        let (mut conn, peer) = pair().await;
+        let (mut peer_r, mut peer_w) = peer.into_split();
+        let peer = tokio::spawn(async move {
+            peer_w
+                .write_all(&vec![b'r'; SIZE])
+                .await
+                .expect("peer write");
+            let mut got = Vec::new();
+            peer_r.read_to_end(&mut got).await.expect("peer read");
+            got
+        });
+        let out = vec![b'w'; SIZE];
+        let mut rest = &out[..];
+        let mut read = 0;
+        let mut reading = true;
+        let write = async {
+            loop {
+                match conn.write_or_fill(rest, reading).await.expect("duplex") {
+                    Duplex::Written => break,
+                    Duplex::Read { written, read: n } => {
+                        rest = &rest[written..];
+                        read += n;
+                        reading = n > 0;
+                        let all = conn.buffered().len();
+                        assert!(all <= READ_BUFFER + 1024, "{all} octets buffered");
+                        conn.consume(all);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), write)
+            .await
+            .expect("deadlocked");
+        while read < SIZE {
+            let n = conn.fill().await.expect("fill");
+            assert!(n > 0);
+            read += n;
+            let all = conn.buffered().len();
+            conn.consume(all);
+        }
+        assert_eq!(read, SIZE);
+        conn.shutdown().await;
+        assert_eq!(peer.await.expect("peer").len(), SIZE);
     }
 }

@@ -9,12 +9,27 @@
 //! literal, never a synthetic tagged OK); a client that goes away makes
 //! postern close the upstream.
 
+use postern_core::io::Duplex;
 use postern_core::metrics;
 use postern_core::session::{Closed, Route, Session, SessionEnd};
 use postern_core::upstream::{Link, UpstreamError};
 
 use super::Imap;
 use crate::proto::relay::{ClientOut, ClientScanner, Out, ServerScanner, Verb};
+
+/// The state of one relay: both scanners and what postern owes the
+/// client itself.
+struct Relay {
+    server: ServerScanner,
+    client: ClientScanner,
+    /// Replies postern makes itself (a refused COMPRESS), held until the
+    /// server side is between responses.
+    held: Vec<u8>,
+    /// The client sent LOGOUT: the server closing is the normal end.
+    logged_out: bool,
+    /// The server's end of stream was seen while writing to it.
+    server_eof: bool,
+}
 
 /// Relays until the client logs out and the server closes (`Ok`) or the
 /// session ends otherwise.
@@ -23,29 +38,28 @@ pub(super) async fn authenticated(
     s: &mut Session,
     up: &mut Link,
 ) -> Result<(), SessionEnd> {
-    let mut server = ServerScanner::new();
-    let mut client = ClientScanner::new();
-    // Replies postern makes itself (a refused COMPRESS), held until the
-    // server side is between responses.
-    let mut held: Vec<u8> = Vec::new();
+    let mut r = Relay {
+        server: ServerScanner::new(),
+        client: ClientScanner::new(),
+        held: Vec::new(),
+        logged_out: false,
+        server_eof: false,
+    };
     let idle = route.timeouts.client_idle;
-    let mut logged_out = false;
     loop {
-        to_client(route, s, up, &mut server, &mut client).await?;
-        if server.at_boundary() && !held.is_empty() {
-            s.client.write(&held).await?;
-            held.clear();
-        }
-        to_server(s, up, &mut client, &server, &mut held, &mut logged_out).await?;
-        if server.at_boundary() && !held.is_empty() {
-            s.client.write(&held).await?;
-            held.clear();
+        to_client(route, s, up, &mut r).await?;
+        flush_held(s, &mut r).await?;
+        to_server(route, s, up, &mut r).await?;
+        flush_held(s, &mut r).await?;
+        if r.server_eof {
+            to_client(route, s, up, &mut r).await?;
+            return server_closed(up, &r);
         }
         tokio::select! {
             read = tokio::time::timeout(idle, s.client.conn().fill()) => match read {
                 Err(_) => {
                     // RFC 9051 §5.4: the autologout timer.
-                    if server.at_boundary() {
+                    if r.server.at_boundary() {
                         let _ = s.client.write(b"* BYE Autologout; idle for too long\r\n").await;
                     }
                     return Err(Closed::Idle.into());
@@ -53,7 +67,7 @@ pub(super) async fn authenticated(
                 Ok(Err(_)) => return Err(Closed::ClientFailed.into()),
                 Ok(Ok(0)) => {
                     let unconsumed = s.client.conn().buffered().len();
-                    if let Err(e) = client.eof(unconsumed) {
+                    if let Err(e) = r.client.eof(unconsumed) {
                         tracing::info!(cause = %e, "the client went away inside a command");
                     }
                     return Err(Closed::ClientGone.into());
@@ -62,25 +76,38 @@ pub(super) async fn authenticated(
             },
             read = up.conn().fill() => match read {
                 Err(e) => return Err(UpstreamError::Io(e).into()),
-                Ok(0) => {
-                    let unconsumed = up.conn().buffered().len();
-                    return match server.eof(unconsumed) {
-                        // The server closed between responses: after the
-                        // client's LOGOUT that is the normal end; else the
-                        // client has had everything the server said
-                        // (its `* BYE` included).
-                        Ok(()) if logged_out => Ok(()),
-                        Ok(()) => Err(UpstreamError::Closed("after a complete response").into()),
-                        Err(e) => {
-                            tracing::warn!(cause = %e, "the server stopped inside a response; closing the client without completing it");
-                            Err(UpstreamError::Closed("inside a response").into())
-                        }
-                    };
-                }
+                Ok(0) => return server_closed(up, &r),
                 Ok(_) => {}
             },
         }
     }
+}
+
+/// The server closed its side (everything it sent before has been
+/// forwarded as far as it could be).
+fn server_closed(up: &mut Link, r: &Relay) -> Result<(), SessionEnd> {
+    let unconsumed = up.conn().buffered().len();
+    match r.server.eof(unconsumed) {
+        // The server closed between responses: after the client's LOGOUT
+        // that is the normal end; else the client has had everything the
+        // server said (its `* BYE` included).
+        Ok(()) if r.logged_out => Ok(()),
+        Ok(()) => Err(UpstreamError::Closed("after a complete response").into()),
+        Err(e) => {
+            tracing::warn!(cause = %e, "the server stopped inside a response; closing the client without completing it");
+            Err(UpstreamError::Closed("inside a response").into())
+        }
+    }
+}
+
+/// Writes postern's own replies once the server side is between
+/// responses.
+async fn flush_held(s: &mut Session, r: &mut Relay) -> Result<(), SessionEnd> {
+    if r.server.at_boundary() && !r.held.is_empty() {
+        s.client.write(&r.held).await?;
+        r.held.clear();
+    }
+    Ok(())
 }
 
 /// Forwards what the server has sent, as far as it can be decided.
@@ -88,8 +115,7 @@ async fn to_client(
     route: &Route<Imap>,
     s: &mut Session,
     up: &mut Link,
-    server: &mut ServerScanner,
-    client: &mut ClientScanner,
+    r: &mut Relay,
 ) -> Result<(), SessionEnd> {
     let mut relayed = 0u64;
     loop {
@@ -97,7 +123,7 @@ async fn to_client(
         if buf.is_empty() {
             break;
         }
-        let out = match server.scan(buf) {
+        let out = match r.server.scan(buf) {
             Ok(out) => out,
             Err(e) => {
                 tracing::warn!(cause = %e, "the server's response cannot be relayed");
@@ -111,7 +137,7 @@ async fn to_client(
                 relayed += n as u64;
             }
             Out::Completion(n) => {
-                client.on_completion(&buf[..n]);
+                r.client.on_completion(&buf[..n]);
                 s.client.write(&buf[..n]).await?;
                 up.conn().consume(n);
                 relayed += n as u64;
@@ -135,19 +161,17 @@ async fn to_client(
 /// commands postern refuses are answered (now, or once the server side is
 /// between responses).
 async fn to_server(
+    route: &Route<Imap>,
     s: &mut Session,
     up: &mut Link,
-    client: &mut ClientScanner,
-    server: &ServerScanner,
-    held: &mut Vec<u8>,
-    logged_out: &mut bool,
+    r: &mut Relay,
 ) -> Result<(), SessionEnd> {
     loop {
         let buf = s.client.conn().buffered();
         if buf.is_empty() {
             break;
         }
-        let out = match client.scan(buf) {
+        let out = match r.client.scan(buf) {
             Ok(out) => out,
             Err(e) => {
                 tracing::warn!(cause = %e, "the client's command cannot be relayed; closing");
@@ -162,15 +186,15 @@ async fn to_server(
             ClientOut::Pass(n) => {
                 let bytes = buf[..n].to_vec();
                 s.client.conn().consume(n);
-                forward(s, up, &bytes).await?;
+                forward(route, s, up, r, &bytes).await?;
             }
             ClientOut::Command { len, verb } => {
                 if verb == Verb::Logout {
-                    *logged_out = true;
+                    r.logged_out = true;
                 }
                 let bytes = buf[..len].to_vec();
                 s.client.conn().consume(len);
-                forward(s, up, &bytes).await?;
+                forward(route, s, up, r, &bytes).await?;
             }
             ClientOut::Refuse { len, reply, verb } => {
                 tracing::info!(
@@ -178,10 +202,10 @@ async fn to_server(
                     "refused after login: postern controls it"
                 );
                 s.client.conn().consume(len);
-                if server.at_boundary() && held.is_empty() {
+                if r.server.at_boundary() && r.held.is_empty() {
                     s.client.write(&reply).await?;
                 } else {
-                    held.extend_from_slice(&reply);
+                    r.held.extend_from_slice(&reply);
                 }
             }
             ClientOut::NeedMore => break,
@@ -191,13 +215,44 @@ async fn to_server(
 }
 
 /// Writes client bytes upstream (no quiet check: the server may speak at
-/// any time in this state).
-async fn forward(s: &mut Session, up: &mut Link, bytes: &[u8]) -> Result<(), SessionEnd> {
-    match up.write_raw(bytes).await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = s.client.write(super::UNAVAILABLE).await;
-            Err(e.into())
+/// any time in this state), relaying what the server sends meanwhile: a
+/// server that writes a long response before it reads the next command
+/// must not deadlock with postern waiting on this write.
+async fn forward(
+    route: &Route<Imap>,
+    s: &mut Session,
+    up: &mut Link,
+    r: &mut Relay,
+    bytes: &[u8],
+) -> Result<(), SessionEnd> {
+    let limit = up.conn().write_timeout();
+    let mut rest = bytes;
+    loop {
+        let step = tokio::time::timeout(limit, up.conn().write_or_fill(rest, !r.server_eof)).await;
+        let (written, read) = match step {
+            Ok(Ok(Duplex::Written)) => return Ok(()),
+            Ok(Ok(Duplex::Read { written, read })) => (written, read),
+            Ok(Err(e)) => return Err(unavailable(s, r, UpstreamError::Io(e)).await),
+            Err(_) => {
+                let e = UpstreamError::Timeout("writing to the server");
+                return Err(unavailable(s, r, e).await);
+            }
+        };
+        rest = &rest[written..];
+        if read == 0 {
+            r.server_eof = true;
         }
+        to_client(route, s, up, r).await?;
+        flush_held(s, r).await?;
     }
+}
+
+/// The upstream connection failed: `* BYE [UNAVAILABLE]` unless the
+/// client is inside a relayed response (never complete it or write into
+/// it).
+async fn unavailable(s: &mut Session, r: &Relay, e: UpstreamError) -> SessionEnd {
+    if r.server.at_boundary() {
+        let _ = s.client.write(super::UNAVAILABLE).await;
+    }
+    e.into()
 }
