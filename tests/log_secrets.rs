@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use common::{start, RouteYaml};
 use postern_testkit::{
-    cram_md5_digest, login_base64, rfc1939_apop_digest, sasl_plain_response, FakePop3,
-    FakeSecurity, FakeSmtp, LineClient, Pop3Event, Pop3Script, SmtpEvent, SmtpScript, TempDir,
-    TestPki, RFC1939_TIMESTAMP,
+    cram_md5_digest, login_base64, rfc1939_apop_digest, sasl_plain_response, FakeImap, FakePop3,
+    FakeSecurity, FakeSmtp, ImapEvent, ImapScript, LineClient, Pop3Event, Pop3Script, SmtpEvent,
+    SmtpScript, TempDir, TestPki, RFC1939_TIMESTAMP,
 };
 
 #[derive(Clone, Default)]
@@ -157,6 +157,7 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         sessions += 1;
     }
     assert_eq!(sessions, 7);
+    imap_sessions(&pki, &ca).await;
     let oauth_secrets = oauth_sessions().await;
 
     // A client-chosen user name that tries to forge log fields: a quote
@@ -229,6 +230,10 @@ async fn no_secret_reaches_the_log_at_trace_level() {
         "the capture is empty or not at TRACE:\n{log}"
     );
     assert!(log.contains("TRACE"), "no TRACE lines captured");
+    assert!(
+        log.contains("proto=\"imap\"") || log.contains("proto=imap"),
+        "no IMAP session in the log:\n{log}"
+    );
     let mut needles = vec![
         PASSWORD.to_owned(),
         WRONG.to_owned(),
@@ -276,6 +281,81 @@ async fn no_secret_reaches_the_log_at_trace_level() {
     );
 }
 
+/// IMAP sessions at TRACE with `carol`'s password: a wrong and a right
+/// LOGIN with the password as a synchronising literal, AUTHENTICATE PLAIN
+/// wrong with SASL-IR and right after the continuation, carried upstream
+/// as LOGIN, PLAIN and CRAM-MD5 over each security.
+async fn imap_sessions(pki: &TestPki, ca: &Path) {
+    for (security, auth) in [
+        ("none", "cram-md5"),
+        ("starttls", "login"),
+        ("tls", "plain"),
+    ] {
+        let what = format!("IMAP {security}/{auth}");
+        let sec = match security {
+            "none" => FakeSecurity::Plain,
+            "tls" => FakeSecurity::Tls(pki.server_config()),
+            _ => FakeSecurity::Starttls(pki.server_config()),
+        };
+        let fake = FakeImap::start(
+            ImapScript::new()
+                .credentials("carol", PASSWORD)
+                .security(sec)
+                .message(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
+        )
+        .await;
+        let gw =
+            start(&trusting(RouteYaml::imap("i", fake.addr()), security, auth, ca).yaml()).await;
+        let mut c = LineClient::connect(gw.addr("i")).await.expect("connect");
+        c.read_line().await.expect("greeting");
+        for (tag, password, answer) in [("a", WRONG, "a NO"), ("b", PASSWORD, "b OK")] {
+            let r = c
+                .imap_command(&format!("{tag} LOGIN carol {{{}}}", password.len()))
+                .await
+                .expect("login");
+            assert!(r.starts_with(b"+ "), "{what}");
+            c.send(password).await.expect("literal");
+            let r = c.read_imap_response(tag).await.expect("login");
+            assert!(r.starts_with(answer.as_bytes()), "{what}: {r:?}");
+        }
+        let r = c.imap_command("s SELECT INBOX").await.expect("select");
+        assert!(String::from_utf8_lossy(&r).contains("s OK"), "{what}");
+        let r = c.imap_command("f FETCH 1 BODY[]").await.expect("fetch");
+        assert!(String::from_utf8_lossy(&r).contains("f OK"), "{what}");
+        c.imap_command("z LOGOUT").await.expect("logout");
+
+        let mut c = LineClient::connect(gw.addr("i")).await.expect("connect");
+        c.read_line().await.expect("greeting");
+        let r = c
+            .imap_command(&format!(
+                "c AUTHENTICATE PLAIN {}",
+                sasl_plain_response("", "carol", WRONG)
+            ))
+            .await
+            .expect("authenticate");
+        assert!(r.starts_with(b"c NO"), "{what}: {r:?}");
+        let r = c.imap_command("d AUTHENTICATE PLAIN").await.expect("auth");
+        assert_eq!(r, b"+ \r\n", "{what}");
+        c.send(&sasl_plain_response("", "carol", PASSWORD))
+            .await
+            .expect("response");
+        let r = c.read_imap_response("d").await.expect("authenticate");
+        assert!(r.starts_with(b"d OK"), "{what}: {r:?}");
+        c.imap_command("z LOGOUT").await.expect("logout");
+        assert!(
+            fake.wait_closed(2, Duration::from_secs(5)).await,
+            "{what}: upstream sessions still open"
+        );
+        let logins = fake
+            .events()
+            .iter()
+            .filter(|e| matches!(e, ImapEvent::LoggedIn { .. }))
+            .count();
+        assert_eq!(logins, 2, "{what}");
+        gw.stop().await;
+    }
+}
+
 /// OAuth2 sessions at TRACE: app-only (client secret) and delegated
 /// (refresh tokens, rotated) accounts, both mechanisms, a token refused and
 /// replaced, a token refused for good, and `invalid_grant`. Returns every
@@ -318,6 +398,40 @@ async fn oauth_sessions() -> Vec<String> {
     let (_c, r) = pop3_login(gw.addr("no"), LOCAL_USER, LOCAL_PASSWORD).await;
     assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
     gw.stop().await;
+
+    // IMAP, XOAUTH2, client credentials: accepted, then revoked and
+    // replaced (the client logs in to postern with LOGIN).
+    let imap = FakeImap::start(
+        ImapScript::new()
+            .security(w.fake_security("tls"))
+            .credentials(USER, "no password works here")
+            .mechanisms(&["XOAUTH2"])
+            .bearer(w.idp.verifier()),
+    )
+    .await;
+    let yaml = w.yaml(
+        w.upstream(RouteYaml::imap("i", imap.addr()), "tls", "xoauth2")
+            .account(w.scanner(w.app())),
+    );
+    let gw = start(&yaml).await;
+    for _ in 0..2 {
+        let mut c = LineClient::connect(gw.addr("i")).await.expect("connect");
+        c.read_line().await.expect("greeting");
+        let r = c
+            .imap_command(&format!("a LOGIN {LOCAL_USER} \"{LOCAL_PASSWORD}\""))
+            .await
+            .expect("login");
+        assert!(r.starts_with(b"a OK"), "{r:?}");
+        c.imap_command("z LOGOUT").await.expect("logout");
+        w.idp.revoke_access_tokens(USER);
+    }
+    gw.stop().await;
+    let imap_logins = imap
+        .events()
+        .iter()
+        .filter(|e| matches!(e, ImapEvent::LoggedIn { .. }))
+        .count();
+    assert_eq!(imap_logins, 2);
 
     // SMTP, OAUTHBEARER, device code with rotating refresh tokens:
     // accepted, refused and replaced, then the refresh token revoked.
