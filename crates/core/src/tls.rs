@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ListenMap, Security, Upstream};
 
+pub mod resume;
+
 /// A TLS setting could not be turned into a working configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -280,11 +282,15 @@ pub fn client_config(up: &Upstream) -> Result<Arc<ClientConfig>, TlsSetupError> 
             pins,
         })
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
+    // One store per route (this config), sized for its concurrency.
+    config.resumption = rustls::client::Resumption::store(Arc::new(resume::TicketStore::new(
+        resume::TICKETS_PER_SERVER,
+    )));
     Ok(Arc::new(config))
 }
 
