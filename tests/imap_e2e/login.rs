@@ -2,7 +2,7 @@
 //! auth, every form of LOGIN and AUTHENTICATE PLAIN a client may use, and
 //! the capabilities postern shows on both sides of login.
 
-use postern_testkit::{login_base64, sasl_plain_response};
+use postern_testkit::{login_base64, sasl_plain_response, ImapMoment};
 
 use super::*;
 
@@ -348,4 +348,27 @@ async fn logout_after_a_refused_login_logs_the_upstream_out() {
         "{events:?}"
     );
     gw.stop().await;
+}
+
+/// RFC 9051 §7: a server may send untagged data at any time. A stray
+/// `* OK` right after the greeting, or before the tagged answer to the
+/// login, is collected with the response it precedes: the login goes on
+/// (POP3 and SMTP, whose servers only answer, refuse such a line instead).
+#[tokio::test]
+async fn untagged_lines_before_a_completion_do_not_break_the_login() {
+    let pki = TestPki::new();
+    for (security, moment) in [
+        ("tls", ImapMoment::AfterGreeting),
+        ("starttls", ImapMoment::AfterGreeting),
+        ("none", ImapMoment::BeforeTagged("LOGIN".to_owned())),
+        ("tls", ImapMoment::BeforeTagged("CAPABILITY".to_owned())),
+    ] {
+        let what = format!("a stray untagged OK {moment:?} on {security}");
+        let up = upstream(&pki, security, script(PASSWORD).stray_ok(moment)).await;
+        let gw = gateway(&up, security, "login").await;
+        let (mut c, _) = connect(gw.addr("r")).await;
+        login(&mut c, USER, PASSWORD, &what).await;
+        logout(&mut c, &what).await;
+        gw.stop().await;
+    }
 }

@@ -319,6 +319,13 @@ pub trait Machine {
     type Framer: Framer<Reply = Self::Reply>;
     /// Where the machine stops for the client.
     type Done;
+    /// Whether the server may speak between commands. POP3 and SMTP
+    /// servers answer only when asked, so by default anything unasked ends
+    /// the session and a stray line is never paired with the next command
+    /// ([`Link::send`]). IMAP tags every completion and may send untagged
+    /// data at any time (RFC 9051 §7); its framer collects that data while
+    /// it reads up to the tagged completion, so its machines set this.
+    const UNSOLICITED_ALLOWED: bool = false;
     /// What the machine waits for, for logs and timeouts.
     fn phase(&self) -> &'static str;
     /// A framer for the next reply.
@@ -528,9 +535,15 @@ pub async fn drive<M: Machine>(
             Step::Io(Io::Send(bytes)) => {
                 // The bytes may hold a password or digest: log the phase only.
                 tracing::trace!(phase = machine.phase(), "sending to upstream");
-                let reply = link
-                    .command(&bytes, machine.framer(), machine.phase())
-                    .await?;
+                let reply = if M::UNSOLICITED_ALLOWED {
+                    link.write_raw(&bytes).await?;
+                    let limit = link.timeouts.upstream_reply;
+                    link.read_reply(machine.framer(), machine.phase(), limit)
+                        .await?
+                } else {
+                    link.command(&bytes, machine.framer(), machine.phase())
+                        .await?
+                };
                 machine.on_reply(reply)?
             }
             Step::Io(Io::StartTls) => {

@@ -357,6 +357,9 @@ impl Machine for Connect {
     type Reply = Reply;
     type Framer = ResponseFramer;
     type Done = Ready;
+    // Untagged data may come at any time; the framer collects it up to the
+    // tagged completion, so it can never be taken for the answer.
+    const UNSOLICITED_ALLOWED: bool = true;
 
     fn phase(&self) -> &'static str {
         match self.state {
@@ -613,6 +616,7 @@ impl Machine for LoginMachine {
     type Reply = Reply;
     type Framer = ResponseFramer;
     type Done = LoginDone;
+    const UNSOLICITED_ALLOWED: bool = true;
 
     fn phase(&self) -> &'static str {
         "login"

@@ -194,21 +194,26 @@ async fn next_command(
     }
 }
 
-/// The client's next line; while an upstream connection is pending it is
-/// watched, and anything it says unasked ends the session.
+/// The client's next line. While an upstream connection kept from a
+/// refused login is pending it is watched: if the server speaks (an
+/// untagged `* OK`, a `* BYE` as it times the connection out) or closes,
+/// that connection is dropped and the next login opens a fresh one; the
+/// client's session goes on.
 async fn read_line(
     s: &mut Session,
     max: usize,
     pending: &mut Pending,
 ) -> Result<Option<Vec<u8>>, SessionEnd> {
-    let read = match pending {
-        Some((link, _)) => s.client.read_line_watching(max, link).await,
-        None => Ok(s.client.read_line(max).await),
-    };
-    match read {
-        Ok(line) => Ok(line?),
-        Err(e) => Err(temporary(s, e).await),
+    if let Some((link, _)) = pending {
+        match s.client.read_line_watching(max, link).await {
+            Ok(line) => return Ok(line?),
+            Err(e) => {
+                tracing::debug!(cause = %e, "the upstream kept after a refused login spoke; dropping it");
+                *pending = None;
+            }
+        }
     }
+    Ok(s.client.read_line(max).await?)
 }
 
 /// The upstream failed: the client hears `* BYE [UNAVAILABLE]`, the
