@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::basic::{BasicClient, BasicTokenResponse};
 use oauth2::{
     AuthType, ClientId, ClientSecret, DeviceAuthorizationUrl, RefreshToken, RequestTokenError,
     Scope, StandardDeviceAuthorizationResponse, TokenResponse as _, TokenUrl,
@@ -60,9 +60,11 @@ pub(super) fn http_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, 
         .map_err(|e| format!("cannot build the HTTPS client: {e}"))
 }
 
-fn error<RE: std::error::Error + 'static>(
-    e: RequestTokenError<RE, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
-) -> OAuthError {
+fn error<RE, T>(e: RequestTokenError<RE, oauth2::StandardErrorResponse<T>>) -> OAuthError
+where
+    RE: std::error::Error + 'static,
+    T: oauth2::ErrorResponseType + AsRef<str> + std::fmt::Display + Send + Sync + 'static,
+{
     match e {
         RequestTokenError::ServerResponse(r) => OAuthError::Provider {
             code: r.error().as_ref().to_owned(),
@@ -188,17 +190,7 @@ impl Endpoint {
             .exchange_device_access_token(&details)
             .request_async(&self.http, tokio::time::sleep, None)
             .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r) => OAuthError::Provider {
-                    code: r.error().as_ref().to_owned(),
-                    description: r.error_description().cloned(),
-                },
-                RequestTokenError::Request(e) => OAuthError::Unreachable(chain(&e)),
-                RequestTokenError::Parse(e, _) => OAuthError::Unreachable(format!(
-                    "the identity provider's answer is not an OAuth2 token response ({e})"
-                )),
-                RequestTokenError::Other(m) => OAuthError::Unreachable(m),
-            })?;
+            .map_err(error)?;
         Ok(tokens(&r))
     }
 }
