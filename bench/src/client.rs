@@ -256,13 +256,13 @@ impl Conn {
         end: &mut EndFinder,
         limit: Duration,
     ) -> Result<u64> {
-        match timeout(limit, self.to_end(what, end)).await {
+        match timeout(limit, self.read_to_end_marker(what, end)).await {
             Ok(r) => r,
             Err(_) => Err(BenchError::Timeout(what)),
         }
     }
 
-    async fn to_end(&mut self, what: &'static str, end: &mut EndFinder) -> Result<u64> {
+    async fn read_to_end_marker(&mut self, what: &'static str, end: &mut EndFinder) -> Result<u64> {
         let mut total = 0u64;
         loop {
             if self.start == self.end {

@@ -113,8 +113,11 @@ pub fn raise_open_files(want: u64) -> Option<(u64, u64)> {
     }
     let pid = std::process::id().to_string();
     let both = format!("--nofile={want}:{}", want.max(hard));
+    // Without CAP_SYS_RESOURCE (some containers, even as root) the hard
+    // limit cannot go up: then raise the soft limit as far as it can.
     let ok = Command::new("prlimit")
         .args(["--pid", &pid, &both])
+        .stderr(std::process::Stdio::null())
         .status()
         .map(|s| s.success())
         .unwrap_or(false);

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
 
 /// Sizes, counts and durations of one benchmark run.
 #[derive(Debug, Clone, Serialize)]
@@ -10,28 +14,38 @@ pub struct Profile {
     pub name: &'static str,
     pub rounds: usize,
     /// Load runs this long before a rate is measured...
+    #[serde(serialize_with = "secs")]
     pub warmup: Duration,
-    /// ...and is then measured over this window.
+    /// ...and is then measured over this window; transfers repeat until
+    /// they have run this long.
+    #[serde(serialize_with = "secs")]
     pub window: Duration,
     /// The POP3 message (RETR) and the SMTP message (DATA), in bytes.
     pub message_bytes: usize,
     /// Idle logged-in sessions held at each step of the memory phase.
     pub idle_steps: Vec<usize>,
     /// RSS is read this long after the burst of sessions ended.
+    #[serde(serialize_with = "secs")]
     pub burst_wait: Duration,
     /// The slow reader reads slowly for this long.
+    #[serde(serialize_with = "secs")]
     pub slow_window: Duration,
     /// The slow reader's pace: this many bytes...
     pub slow_chunk: usize,
     /// ...every this long.
+    #[serde(serialize_with = "secs")]
     pub slow_pause: Duration,
     /// Settling time before RSS is read.
+    #[serde(serialize_with = "secs")]
     pub settle: Duration,
     /// Deadline of each step of a session (connect, one reply).
+    #[serde(serialize_with = "secs")]
     pub step: Duration,
     /// Deadline of one whole transfer (RETR or DATA).
+    #[serde(serialize_with = "secs")]
     pub transfer: Duration,
     /// Deadline of the whole run.
+    #[serde(serialize_with = "secs")]
     pub total: Duration,
 }
 
@@ -77,9 +91,10 @@ impl Profile {
     }
 
     /// Open files this process needs: a client socket and an upstream
-    /// socket per idle session, and room for everything else.
+    /// socket per idle session, and room for the few others (the proxies
+    /// need as many: each holds a client and an upstream socket).
     pub fn open_files_needed(&self) -> u64 {
         let most = self.idle_steps.iter().copied().max().unwrap_or(0) as u64;
-        2 * most + 4096
+        2 * most + 1024
     }
 }

@@ -162,14 +162,13 @@ async fn run_round(setup: &Setup, round: usize, results: &mut Results) -> Result
     for t in &targets {
         warm_up(t).await?;
     }
-    // Memory first, on fresh processes: the baseline is then the
-    // process's own, not what earlier phases left allocated.
-    if setup.wants(Phase::Memory) {
-        memory_phase(setup, &targets, round, results).await;
-    }
+    // The slow reader and the memory phase before the rates, on fresh
+    // processes: the baselines are then the process's own, not what
+    // earlier phases left allocated. The slow reader goes first: after a
+    // burst, freed but resident memory would hide a proxy's growth.
     if setup.wants(Phase::Slow) {
-        for t in targets.iter().filter(|t| t.probe.pid.is_some()) {
-            let pid = t.probe.pid.unwrap_or_default();
+        for t in &targets {
+            let Some(pid) = t.probe.pid else { continue };
             let s =
                 transfer::slow_reader(&t.pop3, pid, setup.body.len(), &setup.profile, round).await;
             eprintln!(
@@ -182,6 +181,9 @@ async fn run_round(setup: &Setup, round: usize, results: &mut Results) -> Result
             );
             results.slow_reader.push(s);
         }
+    }
+    if setup.wants(Phase::Memory) {
+        memory_phase(setup, &targets, round, results).await;
     }
     rate_phases(setup, &targets, round, results).await;
     postern.check_alive()?;

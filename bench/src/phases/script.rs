@@ -50,6 +50,12 @@ pub async fn smtp_to_data(ep: &Endpoint, buffer: usize) -> Result<Conn> {
     c.send("AUTH PLAIN", format!("AUTH PLAIN {plain}\r\n").as_bytes())
         .await?;
     c.smtp("AUTH PLAIN", b"235").await?;
+    smtp_transaction(&mut c).await?;
+    Ok(c)
+}
+
+/// MAIL, RCPT, DATA: a transaction up to the 354.
+pub async fn smtp_transaction(c: &mut Conn) -> Result<()> {
     c.send("MAIL", b"MAIL FROM:<bench@example.invalid>\r\n")
         .await?;
     c.smtp("MAIL", b"250").await?;
@@ -58,7 +64,7 @@ pub async fn smtp_to_data(ep: &Endpoint, buffer: usize) -> Result<Conn> {
     c.smtp("RCPT", b"250").await?;
     c.send("DATA", b"DATA\r\n").await?;
     c.smtp("DATA", b"354").await?;
-    Ok(c)
+    Ok(())
 }
 
 /// The octet count in the fake upstream's reply to the end of data

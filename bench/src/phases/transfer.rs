@@ -16,8 +16,13 @@ use crate::procfs;
 use crate::profile::Profile;
 use crate::wire::EndFinder;
 
+/// Transfers one session repeats, at most: the window bounds the time,
+/// this the count.
+const MAX_REPEATS: u32 = 64;
+
 /// RETR of the `len`-byte message on `metric.clients()` sessions at once,
-/// timed from the first RETR sent to the last terminator read.
+/// each repeating it until the window has passed; timed from the first
+/// RETR sent to the last message's terminator read.
 pub async fn retr(
     ep: &Endpoint,
     metric: Metric,
@@ -40,27 +45,39 @@ pub async fn retr(
         }
     }
     let a = probe.snapshot();
-    let limit = p.transfer;
+    let started = Instant::now();
+    let (window, limit) = (p.window, p.transfer);
     let mut set = tokio::task::JoinSet::new();
     for mut c in conns {
         set.spawn(async move {
-            let got = retr_one(&mut c, len, limit).await;
-            (c, got)
+            let mut bytes = 0u64;
+            for _ in 0..MAX_REPEATS {
+                match retr_one(&mut c, len, limit).await {
+                    Ok(n) => bytes += n,
+                    Err(e) => return (c, bytes, Some(e)),
+                }
+                if started.elapsed() >= window {
+                    break;
+                }
+            }
+            (c, bytes, None)
         });
     }
     let mut bytes = 0u64;
     let mut done = Vec::new();
     while let Some(joined) = set.join_next().await {
-        if let Ok((c, got)) = joined {
-            match got {
-                Ok(n) => bytes += n,
-                Err(e) => errors.record(&e),
+        if let Ok((c, n, e)) = joined {
+            bytes += n;
+            if let Some(e) = e {
+                errors.record(&e);
             }
             done.push(c);
         }
     }
     let b = probe.snapshot();
-    quit_all(done, b"QUIT\r\n").await;
+    for mut c in done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.send("QUIT", b"QUIT\r\n")).await;
+    }
     Sample::new(metric, ep.kind, round, bytes, probe.usage(&a, &b), &errors)
 }
 
@@ -77,14 +94,9 @@ async fn retr_one(c: &mut Conn, len: usize, limit: Duration) -> Result<u64> {
     Ok(n)
 }
 
-async fn quit_all(conns: Vec<Conn>, quit: &'static [u8]) {
-    for mut c in conns {
-        let _ = tokio::time::timeout(Duration::from_secs(2), c.send("QUIT", quit)).await;
-    }
-}
-
-/// SMTP DATA of `body` on one session, timed from the first byte of data
-/// sent to the upstream's reply to the end of data (relayed).
+/// SMTP DATA of `body` on one session, one transaction after another
+/// until the window has passed; timed from the first byte of data sent
+/// to the upstream's (relayed) reply to the last end of data.
 pub async fn data(
     ep: &Endpoint,
     body: &Arc<[u8]>,
@@ -100,16 +112,29 @@ pub async fn data(
         }
         Ok(mut c) => {
             let a = probe.snapshot();
-            let sent = data_one(&mut c, body, p.transfer).await;
-            let b = probe.snapshot();
-            let _ = c.send("QUIT", b"QUIT\r\n").await;
-            match sent {
-                Ok(n) => (n, probe.usage(&a, &b)),
-                Err(e) => {
-                    errors.record(&e);
-                    (0, probe.usage(&a, &b))
+            let started = Instant::now();
+            let mut bytes = 0u64;
+            for i in 0..MAX_REPEATS {
+                let sent = async {
+                    if i > 0 {
+                        script::smtp_transaction(&mut c).await?;
+                    }
+                    data_one(&mut c, body, p.transfer).await
+                };
+                match sent.await {
+                    Ok(n) => bytes += n,
+                    Err(e) => {
+                        errors.record(&e);
+                        break;
+                    }
+                }
+                if started.elapsed() >= p.window {
+                    break;
                 }
             }
+            let b = probe.snapshot();
+            let _ = c.send("QUIT", b"QUIT\r\n").await;
+            (bytes, probe.usage(&a, &b))
         }
     };
     Sample::new(Metric::Data, ep.kind, round, bytes, usage, &errors)
