@@ -43,13 +43,13 @@ use crate::run::{Phase, Setup};
 #[derive(Debug, Parser)]
 #[command(name = "postern-bench", version, about)]
 struct Options {
-    /// Small sizes and counts, one round: validates the benchmark in 1-2 minutes.
+    /// Small sizes and counts, two rounds: validates the benchmark in 1-2 minutes.
     #[arg(long)]
     quick: bool,
     /// Also write every raw number to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Rounds (default: 3, or 1 with --quick).
+    /// Rounds (default: 3, or 2 with --quick).
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
     /// Only these phases (default: all).

@@ -70,11 +70,11 @@ impl Profile {
         }
     }
 
-    /// Validation: everything once, small; 1 to 2 minutes.
+    /// Validation: every phase, small, two rounds; 1 to 2 minutes.
     pub fn quick() -> Self {
         Profile {
             name: "quick",
-            rounds: 1,
+            rounds: 2,
             warmup: Duration::from_millis(300),
             window: Duration::from_secs(1),
             message_bytes: 16 << 20,
