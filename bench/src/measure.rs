@@ -77,7 +77,6 @@ impl Metric {
 pub struct Snapshot {
     at: Instant,
     proxy: Option<u64>,
-    proxy_syscalls: Option<(u64, u64)>,
     loadgen: u64,
     upstream: u64,
     handshakes: Handshakes,
@@ -89,9 +88,6 @@ pub struct Usage {
     pub wall_s: f64,
     /// The proxy process (postern or stunnel); none for direct.
     pub proxy_cpu_s: Option<f64>,
-    /// The proxy's read- and write-like system calls (`/proc/PID/io`).
-    pub proxy_reads: Option<u64>,
-    pub proxy_writes: Option<u64>,
     pub loadgen_cpu_s: f64,
     pub upstream_cpu_s: f64,
     /// Upstream TLS handshakes completed in the window.
@@ -122,7 +118,6 @@ impl Probe {
         Snapshot {
             at: Instant::now(),
             proxy: self.pid.and_then(procfs::process_ticks),
-            proxy_syscalls: self.pid.and_then(procfs::io_syscalls),
             loadgen: procfs::own_thread_ticks(LOADGEN_THREADS),
             upstream: procfs::own_thread_ticks(UPSTREAM_THREADS),
             handshakes: self.upstream.handshakes(),
@@ -137,14 +132,6 @@ impl Probe {
                 (Some(x), Some(y)) => Some(s(y.saturating_sub(x))),
                 _ => None,
             },
-            proxy_reads: a
-                .proxy_syscalls
-                .zip(b.proxy_syscalls)
-                .map(|(x, y)| y.0.saturating_sub(x.0)),
-            proxy_writes: a
-                .proxy_syscalls
-                .zip(b.proxy_syscalls)
-                .map(|(x, y)| y.1.saturating_sub(x.1)),
             loadgen_cpu_s: s(b.loadgen.saturating_sub(a.loadgen)),
             upstream_cpu_s: s(b.upstream.saturating_sub(a.upstream)),
             handshakes: b.handshakes.since(a.handshakes),
@@ -223,14 +210,6 @@ impl Sample {
     pub fn cpu_per_gib(&self) -> Option<f64> {
         let cpu = self.usage.proxy_cpu_s?;
         (self.metric.is_bulk() && self.count > 0).then(|| cpu / (self.count as f64 / GIB))
-    }
-
-    /// The proxy's read and write system calls per session or command
-    /// (rate metrics).
-    pub fn syscalls_per_unit(&self) -> Option<(f64, f64)> {
-        let (r, w) = self.usage.proxy_reads.zip(self.usage.proxy_writes)?;
-        let n = self.count as f64;
-        (!self.metric.is_bulk() && self.count > 0).then(|| (r as f64 / n, w as f64 / n))
     }
 
     /// Proxy CPU milliseconds per session (session metrics).

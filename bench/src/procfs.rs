@@ -53,22 +53,6 @@ pub fn own_thread_ticks(prefix: &str) -> u64 {
         .sum()
 }
 
-/// Parses `syscr` and `syscw` (read- and write-like system calls) out of
-/// `/proc/PID/io`.
-pub fn parse_io_syscalls(io: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| {
-        io.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    Some((field("syscr:")?, field("syscw:")?))
-}
-
-/// Read- and write-like system calls made so far by process `pid`.
-pub fn io_syscalls(pid: u32) -> Option<(u64, u64)> {
-    parse_io_syscalls(&fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
-}
-
 /// Resident set size of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     parse_rss_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
@@ -208,13 +192,6 @@ mod tests {
     }
 
     #[test]
-    fn io_syscall_counts() {
-        let io = "rchar: 10\nwchar: 20\nsyscr: 300\nsyscw: 400\nread_bytes: 0\n";
-        assert_eq!(parse_io_syscalls(io), Some((300, 400)));
-        assert_eq!(parse_io_syscalls("rchar: 1\n"), None);
-    }
-
-    #[test]
     fn open_files_line() {
         let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
                       Max processes             95549                95549                processes \n\
@@ -228,6 +205,5 @@ mod tests {
         assert!(process_ticks(pid).is_some());
         assert!(rss_kib(pid).is_some_and(|k| k > 0));
         assert!(open_files_limit().is_some());
-        assert!(io_syscalls(pid).is_some());
     }
 }

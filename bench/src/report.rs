@@ -58,10 +58,6 @@ pub struct Row {
     pub cpu_unit: Option<&'static str>,
     /// Median per-round ratio of postern's CPU to stunnel's (per unit).
     pub cpu_vs_stunnel: Option<f64>,
-    /// The proxies' read and write system calls per session or command
-    /// (medians; rate metrics).
-    pub postern_syscalls: Option<(f64, f64)>,
-    pub stunnel_syscalls: Option<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,15 +208,7 @@ fn row(s: &[Sample], m: Metric, rounds: usize) -> Row {
             Some("CPU ms/session")
         },
         cpu_vs_stunnel: median_ratio(&pc, &sc),
-        postern_syscalls: syscalls(s, m, Kind::Postern, rounds),
-        stunnel_syscalls: syscalls(s, m, Kind::Stunnel, rounds),
     }
-}
-
-fn syscalls(s: &[Sample], m: Metric, k: Kind, rounds: usize) -> Option<(f64, f64)> {
-    let reads = per_round(s, m, k, rounds, |x| x.syscalls_per_unit().map(|v| v.0));
-    let writes = per_round(s, m, k, rounds, |x| x.syscalls_per_unit().map(|v| v.1));
-    med(&reads).zip(med(&writes))
 }
 
 fn memory_row(mem: &[MemorySample], slow: &[SlowSample], k: Kind) -> MemoryRow {
@@ -389,25 +377,6 @@ fn extra_rows(out: &mut String, sum: &Summary) {
                 format!("(postern / stunnel {})", num(r.cpu_vs_stunnel))
             },
             met
-        );
-    }
-    for r in &sum.rows {
-        if r.postern_syscalls.is_none() && r.stunnel_syscalls.is_none() {
-            continue;
-        }
-        let rw =
-            |v: Option<(f64, f64)>| v.map_or("-".to_owned(), |(r, w)| format!("{r:.1} / {w:.1}"));
-        let _ = writeln!(
-            out,
-            "| proxy read / write syscalls per {}, {} | {} | {} | | | |",
-            if matches!(r.metric, Metric::Noop64) {
-                "command"
-            } else {
-                "session"
-            },
-            r.label,
-            rw(r.postern_syscalls),
-            rw(r.stunnel_syscalls)
         );
     }
     let mem = |k: Kind| sum.memory.iter().find(|m| m.target == k);
