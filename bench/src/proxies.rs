@@ -221,7 +221,27 @@ pub fn build_postern() -> Result<PathBuf> {
         "postern-bench: cargo build --release --bin postern (in {})",
         root.display()
     );
-    let out = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // `cargo run` hands this binary its package's variables; build scripts
+    // that watch them (ring's does: CARGO_MANIFEST_DIR, CARGO_PKG_NAME...)
+    // would see them change and rebuild half the tree on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || name.starts_with("CARGO_BIN_")
+            || matches!(
+                name.as_str(),
+                "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(&name);
+        }
+    }
+    let out = command
         .args([
             "build",
             "--release",
