@@ -58,6 +58,13 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     parse_rss_kib(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// Open file descriptors of process `pid` (sockets included).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux if unknown).
 pub fn clock_ticks_per_second() -> f64 {
     Command::new("getconf")
@@ -205,5 +212,6 @@ mod tests {
         assert!(process_ticks(pid).is_some());
         assert!(rss_kib(pid).is_some_and(|k| k > 0));
         assert!(open_files_limit().is_some());
+        assert!(open_fds(pid).is_some_and(|n| n > 0));
     }
 }

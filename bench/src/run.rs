@@ -221,11 +221,12 @@ async fn memory_phase(setup: &Setup, targets: &[Target], round: usize, results: 
         let m = memory::burst(&t.pop3, pid, &setup.profile, round).await;
         for s in &m.steps {
             eprintln!(
-                "  idle {:8}: {:5} sessions, RSS {} KiB, {:.1} KiB/session",
+                "  idle {:8}: {:5} sessions, RSS {} KiB, {:.1} KiB/session, {:?} fds",
                 t.pop3.kind.name(),
                 s.sessions,
                 s.rss_kib,
-                s.per_session_kib
+                s.per_session_kib,
+                s.fds
             );
         }
         samples.push(m);
@@ -235,12 +236,13 @@ async fn memory_phase(setup: &Setup, targets: &[Target], round: usize, results: 
     for m in &mut samples {
         m.finish(setup.profile.burst_wait).await;
         eprintln!(
-            "  burst {:8}: baseline {} KiB, closed {} KiB, after {:.0}s {:?} KiB{}",
+            "  burst {:8}: baseline {} KiB, closed {} KiB, after {:.0}s {:?} KiB ({:?} fds){}",
             m.target.name(),
             m.baseline_kib,
             m.closed_kib,
             m.wait_s,
             m.after_wait_kib,
+            m.after_wait_fds,
             error_note(m.first_error.as_deref())
         );
     }

@@ -26,6 +26,8 @@ pub struct MemoryStep {
     pub rss_kib: u64,
     /// (RSS - baseline) / sessions.
     pub per_session_kib: f64,
+    /// The proxy's open file descriptors (two sockets per session).
+    pub fds: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +41,9 @@ pub struct MemorySample {
     pub closed_kib: u64,
     /// RSS `wait_s` after the sessions ended.
     pub after_wait_kib: Option<u64>,
+    /// The proxy's open file descriptors then: back to a handful shows
+    /// every session really ended.
+    pub after_wait_fds: Option<usize>,
     pub wait_s: f64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -60,6 +65,7 @@ impl MemorySample {
         if let Some(at) = self.closed_at {
             tokio::time::sleep_until((at + wait).into()).await;
             self.after_wait_kib = procfs::rss_kib(self.pid);
+            self.after_wait_fds = procfs::open_fds(self.pid);
             self.wait_s = at.elapsed().as_secs_f64();
         }
     }
@@ -103,6 +109,7 @@ pub async fn burst(ep: &Endpoint, pid: u32, p: &Profile, round: usize) -> Memory
             sessions: conns.len(),
             rss_kib: now,
             per_session_kib: now.saturating_sub(baseline) as f64 / conns.len().max(1) as f64,
+            fds: procfs::open_fds(pid),
         });
     }
     close_all(conns).await;
@@ -115,6 +122,7 @@ pub async fn burst(ep: &Endpoint, pid: u32, p: &Profile, round: usize) -> Memory
         steps,
         closed_kib: rss(),
         after_wait_kib: None,
+        after_wait_fds: None,
         wait_s: 0.0,
         errors: errors.count(),
         first_error: errors.first(),
