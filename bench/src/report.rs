@@ -10,7 +10,7 @@ use crate::measure::{Metric, Sample};
 use crate::phases::memory::MemorySample;
 use crate::phases::transfer::SlowSample;
 use crate::run::Results;
-use crate::stats::{median, median_ratio};
+use crate::stats::{median, median_ratio, ratios};
 
 /// Issue 14's targets for postern / stunnel and postern / direct.
 pub fn goal(metric: Metric) -> (Option<f64>, Option<f64>) {
@@ -42,6 +42,9 @@ pub struct Row {
     /// Medians over rounds of the per-round ratios.
     pub postern_vs_stunnel: Option<f64>,
     pub postern_vs_direct: Option<f64>,
+    /// The per-round ratios the medians come from.
+    pub postern_vs_stunnel_rounds: Vec<f64>,
+    pub postern_vs_direct_rounds: Vec<f64>,
     pub goal_vs_stunnel: Option<f64>,
     pub goal_vs_direct: Option<f64>,
     /// Every goal of the row met; `None` if a ratio is missing.
@@ -189,6 +192,8 @@ fn row(s: &[Sample], m: Metric, rounds: usize) -> Row {
         direct: dm,
         postern_vs_stunnel: vs_s,
         postern_vs_direct: vs_d,
+        postern_vs_stunnel_rounds: ratios(&p, &st),
+        postern_vs_direct_rounds: ratios(&p, &d),
         goal_vs_stunnel: gs,
         goal_vs_direct: gd,
         met,
@@ -255,6 +260,16 @@ fn num(v: Option<f64>) -> String {
     }
 }
 
+/// A median with the range of the rounds it came from: `0.57 (0.56–0.84)`.
+fn spread(median: Option<f64>, rounds: &[f64]) -> String {
+    let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rounds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if rounds.len() < 2 {
+        return num(median);
+    }
+    format!("{} ({}–{})", num(median), num(Some(lo)), num(Some(hi)))
+}
+
 fn yes_no(v: Option<bool>) -> &'static str {
     match v {
         Some(true) => "met",
@@ -272,7 +287,7 @@ pub fn render(sum: &Summary, rounds: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "postern-bench: medians over {rounds} round(s); ratios are medians of per-round ratios\n"
+        "postern-bench: medians over {rounds} round(s); ratios are medians of per-round ratios (range over rounds)\n"
     );
     let _ = writeln!(
         out,
@@ -301,8 +316,8 @@ pub fn render(sum: &Summary, rounds: usize) -> String {
             num(r.postern),
             num(r.stunnel),
             num(r.direct),
-            num(r.postern_vs_stunnel),
-            num(r.postern_vs_direct),
+            spread(r.postern_vs_stunnel, &r.postern_vs_stunnel_rounds),
+            spread(r.postern_vs_direct, &r.postern_vs_direct_rounds),
             goal,
             note
         );
@@ -472,7 +487,7 @@ mod tests {
         // Medians 100, 100, 240: a ratio of medians would say 1.0.
         assert!(
             table.contains(
-                "| sessions/s, 1 client | 100 | 100 | 240 | 0.50 | 0.33 | ≥ 1.5, ≥ 0.6 | NOT met |"
+                "| sessions/s, 1 client | 100 | 100 | 240 | 0.50 (0.50–1.20) | 0.33 (0.33–0.50) | ≥ 1.5, ≥ 0.6 | NOT met |"
             ),
             "{table}"
         );

@@ -28,8 +28,12 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 /// The median over rounds of the per-round ratio `a[i] / b[i]` (rounds in
 /// which either side is missing are left out).
 pub fn median_ratio(a: &[Option<f64>], b: &[Option<f64>]) -> Option<f64> {
-    let per_round: Vec<f64> = a.iter().zip(b).filter_map(|(x, y)| ratio(*x, *y)).collect();
-    median(&per_round)
+    median(&ratios(a, b))
+}
+
+/// The per-round ratios `a[i] / b[i]` that exist.
+pub fn ratios(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<f64> {
+    a.iter().zip(b).filter_map(|(x, y)| ratio(*x, *y)).collect()
 }
 
 #[cfg(test)]
