@@ -94,25 +94,8 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime> {
 }
 
 fn bench(opts: Options) -> Result<()> {
-    let mut profile = if opts.quick {
-        Profile::quick()
-    } else {
-        Profile::full()
-    };
-    if let Some(r) = opts.rounds {
-        profile.rounds = r.max(1);
-    }
-    let limits = procfs::raise_open_files(profile.open_files_needed().max(32_768));
-    match limits {
-        Some((soft, _)) if soft >= profile.open_files_needed() => {}
-        other => {
-            return Err(BenchError::Setup(format!(
-                "the open-files limit is {other:?} (soft, hard) but this run needs {}: \
-                 run as root or raise `ulimit -n`",
-                profile.open_files_needed()
-            )))
-        }
-    }
+    let profile = profile(&opts);
+    open_files(&profile)?;
     let (stunnel, stunnel_version) = proxies::find_stunnel(opts.stunnel.as_deref())?;
     let postern = match &opts.postern {
         Some(p) => p.clone(),
@@ -133,29 +116,15 @@ fn bench(opts: Options) -> Result<()> {
     let upstream_rt = runtime(measure::UPSTREAM_THREADS)?;
     let load_rt = runtime(measure::LOADGEN_THREADS)?;
     let pki = TestPki::new();
-    let ca = pki.write_ca_pem(&work_dir);
     let body: Arc<[u8]> = wire::message_body(profile.message_bytes).into();
-    let upstream = fake::FakeUpstreams::start(upstream_rt.handle(), upstream_tls(&pki)?, &body)?;
-    let phases = if opts.only.is_empty() {
-        vec![
-            Phase::Memory,
-            Phase::Slow,
-            Phase::Sessions,
-            Phase::Retr,
-            Phase::Data,
-            Phase::Noop,
-        ]
-    } else {
-        opts.only.clone()
-    };
     let setup = Arc::new(Setup {
         profile: profile.clone(),
-        phases,
+        phases: phases(&opts),
         postern: postern.clone(),
         stunnel: stunnel.clone(),
+        ca: pki.write_ca_pem(&work_dir),
         work_dir,
-        ca,
-        upstream,
+        upstream: fake::FakeUpstreams::start(upstream_rt.handle(), upstream_tls(&pki)?, &body)?,
         client_tls: pki.client_config(),
         body,
         ticks_per_second: procfs::clock_ticks_per_second(),
@@ -169,6 +138,7 @@ fn bench(opts: Options) -> Result<()> {
         postern.display()
     );
     let results = load_rt.block_on(async {
+        // On a worker thread, so the load generator's CPU is its runtime's.
         let task = tokio::spawn(run::run(setup.clone()));
         match tokio::time::timeout(profile.total, task).await {
             Ok(Ok(r)) => r,
@@ -178,17 +148,18 @@ fn bench(opts: Options) -> Result<()> {
     })?;
     let summary = report::summarise(&results, profile.rounds);
     println!("{}", report::render(&summary, profile.rounds));
+    let machine = procfs::Machine::read();
     println!(
         "machine: {} cpus ({}), load average before {load_before}, after {}; run took {:.0} s",
-        procfs::Machine::read().cpus,
-        procfs::Machine::read().cpu_model,
+        machine.cpus,
+        machine.cpu_model,
         procfs::loadavg(),
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &opts.json {
         let record = Record {
             profile: &profile,
-            machine: procfs::Machine::read(),
+            machine,
             postern: postern.display().to_string(),
             postern_revision: revision(),
             stunnel: stunnel.display().to_string(),
@@ -199,14 +170,59 @@ fn bench(opts: Options) -> Result<()> {
             summary: &summary,
             results: &results,
         };
-        let json = serde_json::to_string_pretty(&record)
-            .map_err(|e| BenchError::Setup(format!("JSON: {e}")))?;
-        std::fs::write(path, json)
-            .map_err(|e| BenchError::Setup(format!("write {}: {e}", path.display())))?;
-        eprintln!("postern-bench: raw numbers in {}", path.display());
+        write_json(path, &record)?;
     }
     drop(load_rt);
     drop(upstream_rt);
+    Ok(())
+}
+
+fn profile(opts: &Options) -> Profile {
+    let mut profile = if opts.quick {
+        Profile::quick()
+    } else {
+        Profile::full()
+    };
+    if let Some(r) = opts.rounds {
+        profile.rounds = r.max(1);
+    }
+    profile
+}
+
+fn phases(opts: &Options) -> Vec<Phase> {
+    if opts.only.is_empty() {
+        vec![
+            Phase::Memory,
+            Phase::Slow,
+            Phase::Sessions,
+            Phase::Retr,
+            Phase::Data,
+            Phase::Noop,
+        ]
+    } else {
+        opts.only.clone()
+    }
+}
+
+/// Raises the open-files limit for the idle sessions (and the proxies,
+/// which inherit it); fails if the machine does not allow enough.
+fn open_files(profile: &Profile) -> Result<()> {
+    let needed = profile.open_files_needed();
+    match procfs::raise_open_files(needed.max(32_768)) {
+        Some((soft, _)) if soft >= needed => Ok(()),
+        other => Err(BenchError::Setup(format!(
+            "the open-files limit is {other:?} (soft, hard) but this run needs {needed}: \
+             run as root or raise `ulimit -n`"
+        ))),
+    }
+}
+
+fn write_json(path: &std::path::Path, record: &Record<'_>) -> Result<()> {
+    let json = serde_json::to_string_pretty(record)
+        .map_err(|e| BenchError::Setup(format!("JSON: {e}")))?;
+    std::fs::write(path, json)
+        .map_err(|e| BenchError::Setup(format!("write {}: {e}", path.display())))?;
+    eprintln!("postern-bench: raw numbers in {}", path.display());
     Ok(())
 }
 

@@ -358,6 +358,15 @@ fn render_extras(text: &mut String, sum: &Summary) {
 }
 
 fn extra_rows(out: &mut String, sum: &Summary) {
+    resumption_row(out, sum);
+    cpu_rows(out, sum);
+    let mem = |k: Kind| sum.memory.iter().find(|m| m.target == k);
+    if let (Some(p), Some(s)) = (mem(Kind::Postern), mem(Kind::Stunnel)) {
+        memory_rows(out, p, s);
+    }
+}
+
+fn resumption_row(out: &mut String, sum: &Summary) {
     let res = |k: Kind| sum.resumption.iter().find(|r| r.target == k);
     if let Some(p) = res(Kind::Postern).filter(|r| r.full + r.resumed_count > 0) {
         let met = p.resumed.map(|v| v >= RESUMPTION_GOAL);
@@ -370,6 +379,9 @@ fn extra_rows(out: &mut String, sum: &Summary) {
             yes_no(met)
         );
     }
+}
+
+fn cpu_rows(out: &mut String, sum: &Summary) {
     let with_cpu =
         |r: &&Row| r.cpu_unit.is_some() && (r.postern_cpu.is_some() || r.stunnel_cpu.is_some());
     for r in sum.rows.iter().filter(with_cpu) {
@@ -394,22 +406,23 @@ fn extra_rows(out: &mut String, sum: &Summary) {
             met
         );
     }
-    let mem = |k: Kind| sum.memory.iter().find(|m| m.target == k);
-    if let (Some(p), Some(s)) = (mem(Kind::Postern), mem(Kind::Stunnel)) {
-        for (i, (n, pv)) in p.per_session_kib.iter().enumerate() {
-            let sv = s.per_session_kib.get(i).and_then(|x| x.1);
-            let met = pv.map(|v| v <= IDLE_SESSION_GOAL_KIB);
-            let _ = writeln!(
-                out,
-                "| RSS per idle logged-in session (KiB), {n} sessions | {} | {} | | ≤ 16 KiB | {} |",
-                num(*pv),
-                num(sv),
-                yes_no(met)
-            );
-        }
-        let mib = |v: Option<f64>| num(v.map(|k| k / 1024.0));
-        if p.after_wait_kib.is_some() {
-            let _ = writeln!(
+}
+
+fn memory_rows(out: &mut String, p: &MemoryRow, s: &MemoryRow) {
+    for (i, (n, pv)) in p.per_session_kib.iter().enumerate() {
+        let sv = s.per_session_kib.get(i).and_then(|x| x.1);
+        let met = pv.map(|v| v <= IDLE_SESSION_GOAL_KIB);
+        let _ = writeln!(
+            out,
+            "| RSS per idle logged-in session (KiB), {n} sessions | {} | {} | | ≤ 16 KiB | {} |",
+            num(*pv),
+            num(sv),
+            yes_no(met)
+        );
+    }
+    let mib = |v: Option<f64>| num(v.map(|k| k / 1024.0));
+    if p.after_wait_kib.is_some() {
+        let _ = writeln!(
                 out,
                 "| RSS MiB before burst → at peak → after the burst ended (and the wait) | {} → {} → {} | {} → {} → {} | | | |",
                 mib(p.baseline_kib),
@@ -419,29 +432,28 @@ fn extra_rows(out: &mut String, sum: &Summary) {
                 mib(s.peak_kib),
                 mib(s.after_wait_kib)
             );
-            let _ = writeln!(
-                out,
-                "| RSS after the burst / before | {} | {} | | ≤ 1.25 | {} |",
-                num(p.after_vs_before),
-                num(s.after_vs_before),
-                yes_no(p.after_vs_before.map(|v| v <= AFTER_BURST_GOAL))
-            );
-        }
-        if p.slow_reader_max_kib.is_some() {
-            let _ = writeln!(
-                out,
-                "| slow reader: RSS growth during the RETR (KiB) | {} | {} | | (none set) | |",
-                num(p.slow_reader_growth_kib),
-                num(s.slow_reader_growth_kib)
-            );
-        }
-        if p.errors + s.errors > 0 {
-            let _ = writeln!(
-                out,
-                "| memory phases: errors | {} | {} | | | |",
-                p.errors, s.errors
-            );
-        }
+        let _ = writeln!(
+            out,
+            "| RSS after the burst / before | {} | {} | | ≤ 1.25 | {} |",
+            num(p.after_vs_before),
+            num(s.after_vs_before),
+            yes_no(p.after_vs_before.map(|v| v <= AFTER_BURST_GOAL))
+        );
+    }
+    if p.slow_reader_max_kib.is_some() {
+        let _ = writeln!(
+            out,
+            "| slow reader: RSS growth during the RETR (KiB) | {} | {} | | (none set) | |",
+            num(p.slow_reader_growth_kib),
+            num(s.slow_reader_growth_kib)
+        );
+    }
+    if p.errors + s.errors > 0 {
+        let _ = writeln!(
+            out,
+            "| memory phases: errors | {} | {} | | | |",
+            p.errors, s.errors
+        );
     }
 }
 

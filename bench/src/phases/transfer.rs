@@ -180,7 +180,6 @@ pub async fn slow_reader(
     p: &Profile,
     round: usize,
 ) -> SlowSample {
-    let rss = || procfs::rss_kib(pid).unwrap_or(0);
     let mut s = SlowSample {
         target: ep.kind,
         round,
@@ -192,48 +191,55 @@ pub async fn slow_reader(
         message_ok: false,
         first_error: None,
     };
-    let result = async {
-        let mut c = script::pop3_mailbox(ep, BULK_BUFFER, len).await?;
-        tokio::time::sleep(p.settle).await;
-        s.before_kib = rss();
-        s.max_kib = s.before_kib;
-        c.send("RETR", b"RETR 1\r\n").await?;
-        c.pop3_ok("RETR").await?;
-        let mut end = EndFinder::default();
-        let (started, mut sampled) = (Instant::now(), Instant::now());
-        let mut finished = false;
-        while started.elapsed() < p.slow_window && !finished {
-            let (n, done) = c.body_some("slow RETR", &mut end, p.slow_chunk).await?;
-            s.slow_bytes += n as u64;
-            finished = done;
-            tokio::time::sleep(p.slow_pause).await;
-            if sampled.elapsed() >= Duration::from_millis(100) {
-                s.max_kib = s.max_kib.max(rss());
-                sampled = Instant::now();
-            }
-        }
-        s.slow_s = started.elapsed().as_secs_f64();
-        s.max_kib = s.max_kib.max(rss());
-        let rest = if finished {
-            0
-        } else {
-            c.body_rest("RETR rest", &mut end, p.transfer).await?
-        };
-        let total = s.slow_bytes + rest;
-        if total != len as u64 + 3 {
-            return Err(BenchError::reply(
-                "slow RETR length",
-                format!("{total} bytes").as_bytes(),
-            ));
-        }
-        s.message_ok = true;
-        let _ = c.send("QUIT", b"QUIT\r\n").await;
-        Ok::<(), BenchError>(())
-    }
-    .await;
-    if let Err(e) = result {
+    if let Err(e) = read_slowly(ep, pid, len, p, &mut s).await {
         s.first_error = Some(e.to_string());
     }
     s.growth_kib = s.max_kib.saturating_sub(s.before_kib);
     s
+}
+
+async fn read_slowly(
+    ep: &Endpoint,
+    pid: u32,
+    len: usize,
+    p: &Profile,
+    s: &mut SlowSample,
+) -> Result<()> {
+    let rss = || procfs::rss_kib(pid).unwrap_or(0);
+    let mut c = script::pop3_mailbox(ep, BULK_BUFFER, len).await?;
+    tokio::time::sleep(p.settle).await;
+    s.before_kib = rss();
+    s.max_kib = s.before_kib;
+    c.send("RETR", b"RETR 1\r\n").await?;
+    c.pop3_ok("RETR").await?;
+    let mut end = EndFinder::default();
+    let (started, mut sampled) = (Instant::now(), Instant::now());
+    let mut finished = false;
+    while started.elapsed() < p.slow_window && !finished {
+        let (n, done) = c.body_some("slow RETR", &mut end, p.slow_chunk).await?;
+        s.slow_bytes += n as u64;
+        finished = done;
+        tokio::time::sleep(p.slow_pause).await;
+        if sampled.elapsed() >= Duration::from_millis(100) {
+            s.max_kib = s.max_kib.max(rss());
+            sampled = Instant::now();
+        }
+    }
+    s.slow_s = started.elapsed().as_secs_f64();
+    s.max_kib = s.max_kib.max(rss());
+    let rest = if finished {
+        0
+    } else {
+        c.body_rest("RETR rest", &mut end, p.transfer).await?
+    };
+    let total = s.slow_bytes + rest;
+    if total != len as u64 + 3 {
+        return Err(BenchError::reply(
+            "slow RETR length",
+            format!("{total} bytes").as_bytes(),
+        ));
+    }
+    s.message_ok = true;
+    let _ = c.send("QUIT", b"QUIT\r\n").await;
+    Ok(())
 }
