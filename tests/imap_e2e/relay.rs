@@ -478,3 +478,46 @@ async fn a_client_gone_inside_a_literal_appends_nothing() {
     assert!(up.fake.events().contains(&ImapEvent::ClosedWithoutQuit));
     gw.stop().await;
 }
+
+/// The autologout timer counts the client's silence only: a client in
+/// IDLE whose server keeps pushing updates is still logged out on time.
+#[tokio::test]
+async fn autologout_counts_only_the_clients_silence() {
+    let pki = TestPki::new();
+    let up = upstream(&pki, "none", script(PASSWORD).capability("IDLE")).await;
+    let gw = start(
+        &GatewayYaml::new()
+            .route(up.route("r", "none", "plain").timeouts("client_idle: 2s"))
+            .to_string(),
+    )
+    .await;
+    let (mut c, _) = connect(gw.addr("r")).await;
+    login(&mut c, USER, PASSWORD, "autologout in IDLE").await;
+    c.imap_command("s SELECT INBOX").await.expect("select");
+    c.send_raw(b"i IDLE\r\n").await.expect("idle");
+    let started = std::time::Instant::now();
+    // The server speaks every 400 ms; the client says nothing.
+    let push = async {
+        for n in 0..25 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            up.fake
+                .deliver("INBOX", format!("Subject: {n}\r\n\r\nx\r\n").into_bytes());
+        }
+        std::future::pending::<()>().await;
+    };
+    let (got, _) = tokio::select! {
+        got = c.read_to_close() => got,
+        () = push => unreachable!("pending never ends"),
+    };
+    let elapsed = started.elapsed();
+    assert!(
+        text(&got).contains("EXISTS"),
+        "the updates reached the client: {}",
+        text(&got)
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "autologout after {elapsed:?}, though the client was silent for 2 s"
+    );
+    gw.stop().await;
+}

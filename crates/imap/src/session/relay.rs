@@ -45,7 +45,10 @@ pub(super) async fn authenticated(
         logged_out: false,
         server_eof: false,
     };
+    // RFC 9051 §5.4: the autologout timer counts the client's silence
+    // only; what the server pushes (IDLE updates) does not extend it.
     let idle = route.timeouts.client_idle;
+    let mut client_deadline = tokio::time::Instant::now() + idle;
     loop {
         to_client(route, s, up, &mut r).await?;
         flush_held(s, &mut r).await?;
@@ -56,23 +59,22 @@ pub(super) async fn authenticated(
             return server_closed(up, &r);
         }
         tokio::select! {
-            read = tokio::time::timeout(idle, s.client.conn().fill()) => match read {
-                Err(_) => {
-                    // RFC 9051 §5.4: the autologout timer.
-                    if r.server.at_boundary() {
-                        let _ = s.client.write(b"* BYE Autologout; idle for too long\r\n").await;
-                    }
-                    return Err(Closed::Idle.into());
+            () = tokio::time::sleep_until(client_deadline) => {
+                if r.server.at_boundary() {
+                    let _ = s.client.write(b"* BYE Autologout; idle for too long\r\n").await;
                 }
-                Ok(Err(_)) => return Err(Closed::ClientFailed.into()),
-                Ok(Ok(0)) => {
+                return Err(Closed::Idle.into());
+            }
+            read = s.client.conn().fill() => match read {
+                Err(_) => return Err(Closed::ClientFailed.into()),
+                Ok(0) => {
                     let unconsumed = s.client.conn().buffered().len();
                     if let Err(e) = r.client.eof(unconsumed) {
                         tracing::info!(cause = %e, "the client went away inside a command");
                     }
                     return Err(Closed::ClientGone.into());
                 }
-                Ok(Ok(_)) => {}
+                Ok(_) => client_deadline = tokio::time::Instant::now() + idle,
             },
             read = up.conn().fill() => match read {
                 Err(e) => return Err(UpstreamError::Io(e).into()),
