@@ -521,3 +521,34 @@ async fn autologout_counts_only_the_clients_silence() {
     );
     gw.stop().await;
 }
+
+/// A gateway shutting down ends a relayed session at the next point where
+/// neither side is inside a response or a command, with `* BYE`, instead
+/// of holding it until the grace period runs out and cutting it.
+#[tokio::test]
+async fn shutdown_says_bye_between_responses() {
+    let pki = TestPki::new();
+    let up = upstream(&pki, "tls", script(PASSWORD).capability("IDLE")).await;
+    let yaml = GatewayYaml::new()
+        .route(up.route("r", "tls", "plain"))
+        .to_string();
+    let gw = common::start_with_grace(&yaml, Duration::from_secs(20)).await;
+    let (mut c, _) = connect(gw.addr("r")).await;
+    login(&mut c, USER, PASSWORD, "shutdown").await;
+    c.imap_command("s SELECT INBOX").await.expect("select");
+    c.send_raw(b"i IDLE\r\n").await.expect("idle");
+    let started = std::time::Instant::now();
+    gw.shutdown.cancel();
+    let (got, _) = c.read_to_close().await;
+    assert!(
+        text(&got).ends_with("* BYE [UNAVAILABLE] postern is shutting down; try again later\r\n"),
+        "{}",
+        text(&got)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    gw.stop().await;
+}

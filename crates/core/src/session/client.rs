@@ -68,6 +68,13 @@ impl ClientSide {
         &mut self.conn
     }
 
+    /// Cancelled when the gateway begins shutting down: for a session
+    /// that waits on more than its client (IMAP's relay), which then ends
+    /// itself at the next point where that is clean.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// The client logged in: from now on only the idle deadline applies.
     pub fn logged_in(&mut self) {
         self.login_deadline = None;

@@ -49,6 +49,8 @@ pub(super) async fn authenticated(
     // only; what the server pushes (IDLE updates) does not extend it.
     let idle = route.timeouts.client_idle;
     let mut client_deadline = tokio::time::Instant::now() + idle;
+    let stop = s.client.stopping();
+    let mut stopping = false;
     loop {
         to_client(route, s, up, &mut r).await?;
         flush_held(s, &mut r).await?;
@@ -58,7 +60,19 @@ pub(super) async fn authenticated(
             to_client(route, s, up, &mut r).await?;
             return server_closed(up, &r);
         }
+        // Shutting down: once neither side is inside a response or a
+        // command, say BYE (RFC 9051 §7.1.5: a server may at any time)
+        // and end; until then the relay goes on, within the grace period.
+        let client_between = r.client.eof(s.client.conn().buffered().len()).is_ok();
+        if stopping && r.server.at_boundary() && client_between && r.held.is_empty() {
+            let _ = s
+                .client
+                .write(b"* BYE [UNAVAILABLE] postern is shutting down; try again later\r\n")
+                .await;
+            return Err(Closed::ShuttingDown.into());
+        }
         tokio::select! {
+            () = stop.cancelled(), if !stopping => stopping = true,
             () = tokio::time::sleep_until(client_deadline) => {
                 if r.server.at_boundary() {
                     let _ = s.client.write(b"* BYE Autologout; idle for too long\r\n").await;
