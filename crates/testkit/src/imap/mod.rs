@@ -28,6 +28,7 @@
 
 mod commands;
 mod events;
+mod fetch;
 mod login;
 mod parse;
 mod script;
