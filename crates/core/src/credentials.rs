@@ -16,7 +16,6 @@
 //! Front ends only ever talk to this module.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +29,7 @@ use crate::config::{Account, Credentials};
 use crate::limits;
 pub use crate::login::{ClientAuth, Login, LoginRefused};
 use crate::oauth::{AccountSettings, OAuthError, StateContext, TokenSource};
+pub use crate::secret::{load_secret, process_env, EnvLookup, SecretError};
 
 /// What preparing a route's accounts needs besides the account itself.
 #[derive(Debug, Clone)]
@@ -134,89 +134,6 @@ pub enum Refusal {
     /// postern waits before trying again so the provider does not lock it.
     #[error("the account's stored credentials were refused upstream recently")]
     AccountBackoff,
-}
-
-/// Where secrets named by `*_env` keys are looked up. `run` and `check`
-/// use the process environment ([`process_env`]); tests inject a map, so
-/// no test has to change the environment of a multi-threaded process.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<std::ffi::OsString>;
-
-/// The process environment, as an [`EnvLookup`].
-pub fn process_env(name: &str) -> Option<std::ffi::OsString> {
-    std::env::var_os(name)
-}
-
-/// Why a secret could not be loaded. Messages name the variable or file,
-/// never the value.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    /// Neither `*_env` nor `*_file` was given.
-    #[error("no password source given")]
-    NoSource,
-    /// The environment variable is not set.
-    #[error("the environment variable {0} is not set")]
-    EnvNotSet(String),
-    /// The file could not be read.
-    #[error("cannot read the password file {}: {source}", path.display())]
-    Unreadable {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The secret is empty (after one trailing line break).
-    #[error("{0} is empty")]
-    Empty(String),
-    /// A line break or NUL inside the secret.
-    #[error("{0} contains a line break or NUL inside the password")]
-    LineBreak(String),
-}
-
-/// Loads a secret from an environment variable (looked up with `env`) or a
-/// file; one trailing line break (LF or CRLF) is removed.
-pub fn load_secret(
-    var: Option<&str>,
-    file: Option<&Path>,
-    env: EnvLookup<'_>,
-) -> Result<Secret, SecretError> {
-    let (bytes, name) = match (var, file) {
-        (Some(var), _) => match env(var) {
-            None => return Err(SecretError::EnvNotSet(var.to_owned())),
-            Some(v) => (
-                v.into_encoded_bytes(),
-                format!("the environment variable {var}"),
-            ),
-        },
-        (None, Some(path)) => match std::fs::read(path) {
-            Ok(b) => (b, format!("the password file {}", path.display())),
-            Err(source) => {
-                return Err(SecretError::Unreadable {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        },
-        (None, None) => return Err(SecretError::NoSource),
-    };
-    let mut secret = bytes;
-    if secret.last() == Some(&b'\n') {
-        secret.pop();
-        if secret.last() == Some(&b'\r') {
-            secret.pop();
-        }
-    }
-    let secret = Secret::new(secret);
-    if secret.is_empty() {
-        return Err(SecretError::Empty(name));
-    }
-    if secret
-        .expose()
-        .iter()
-        .any(|b| matches!(b, b'\r' | b'\n' | 0))
-    {
-        return Err(SecretError::LineBreak(name));
-    }
-    Ok(secret)
 }
 
 /// A fresh msg-id (`<...@postern>`) for postern's own APOP greeting and

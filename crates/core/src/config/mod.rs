@@ -19,6 +19,7 @@ mod oauth;
 mod route;
 mod schema;
 mod validate;
+mod validate_oauth;
 mod values;
 
 use std::fmt;
