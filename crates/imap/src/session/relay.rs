@@ -29,6 +29,8 @@ struct Relay {
     logged_out: bool,
     /// The server's end of stream was seen while writing to it.
     server_eof: bool,
+    /// Client bytes on their way upstream (reused).
+    scratch: Vec<u8>,
 }
 
 /// Relays until the client logs out and the server closes (`Ok`) or the
@@ -44,6 +46,7 @@ pub(super) async fn authenticated(
         held: Vec::new(),
         logged_out: false,
         server_eof: false,
+        scratch: Vec::new(),
     };
     // RFC 9051 §5.4: the autologout timer counts the client's silence
     // only; what the server pushes (IDLE updates) does not extend it.
@@ -198,19 +201,11 @@ async fn to_server(
                 return Err(Closed::ProtocolViolation.into());
             }
         };
-        match out {
-            ClientOut::Pass(n) => {
-                let bytes = buf[..n].to_vec();
-                s.client.conn().consume(n);
-                forward(route, s, up, r, &bytes).await?;
-            }
+        let pass = match out {
+            ClientOut::Pass(n) => n,
             ClientOut::Command { len, verb } => {
-                if verb == Verb::Logout {
-                    r.logged_out = true;
-                }
-                let bytes = buf[..len].to_vec();
-                s.client.conn().consume(len);
-                forward(route, s, up, r, &bytes).await?;
+                r.logged_out |= verb == Verb::Logout;
+                len
             }
             ClientOut::Refuse { len, reply, verb } => {
                 tracing::info!(
@@ -223,9 +218,20 @@ async fn to_server(
                 } else {
                     r.held.extend_from_slice(&reply);
                 }
+                continue;
             }
             ClientOut::NeedMore => break,
-        }
+        };
+        // The bytes leave the client's buffer before they are written (the
+        // write relays server bytes to the client meanwhile), through one
+        // scratch buffer reused for the whole session.
+        let mut bytes = std::mem::take(&mut r.scratch);
+        bytes.clear();
+        bytes.extend_from_slice(&s.client.conn().buffered()[..pass]);
+        s.client.conn().consume(pass);
+        let sent = forward(route, s, up, r, &bytes).await;
+        r.scratch = bytes;
+        sent?;
     }
     Ok(())
 }
