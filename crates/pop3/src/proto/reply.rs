@@ -133,55 +133,56 @@ impl BodyEnd {
 
     /// Scans `chunk`; returns the offset just past the terminator if it ends here.
     pub fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+        // The state carried from the last chunk is resolved byte by byte.
+        // Once neutral (inside a line, the last byte not CR), a terminator
+        // can only be the whole of CRLF `.` CRLF inside this chunk, found at
+        // SIMD speed.
         let mut i = 0;
-        while i < chunk.len() {
-            match self.state {
-                EndState::LineStart => {
-                    if chunk[i] == b'.' {
-                        self.state = EndState::Dot;
-                        i += 1;
-                    } else {
-                        // Not consumed: the in-line arm scans it.
-                        self.state = EndState::InLine { cr: false };
-                    }
+        while self.state != (EndState::InLine { cr: false }) {
+            let &b = chunk.get(i)?;
+            self.state = match (self.state, b) {
+                (EndState::LineStart, b'.') => EndState::Dot,
+                (EndState::Dot, b'\r') => EndState::DotCr,
+                (EndState::DotCr, b'\n') => {
+                    self.state = EndState::LineStart;
+                    return Some(i + 1);
                 }
-                EndState::Dot => {
-                    if chunk[i] == b'\r' {
-                        self.state = EndState::DotCr;
-                        i += 1;
-                    } else {
-                        self.state = EndState::InLine { cr: false };
-                    }
-                }
-                EndState::DotCr => {
-                    if chunk[i] == b'\n' {
-                        self.state = EndState::LineStart;
-                        return Some(i + 1);
-                    }
-                    self.state = EndState::InLine { cr: true };
-                }
-                EndState::InLine { cr } => match memchr::memchr(b'\n', &chunk[i..]) {
-                    Some(j) => {
-                        let lf = i + j;
-                        let prev_cr = if j == 0 { cr } else { chunk[lf - 1] == b'\r' };
-                        self.state = if prev_cr {
-                            EndState::LineStart
-                        } else {
-                            EndState::InLine { cr: false }
-                        };
-                        i = lf + 1;
-                    }
-                    None => {
-                        self.state = EndState::InLine {
-                            cr: chunk.last() == Some(&b'\r'),
-                        };
-                        return None;
-                    }
-                },
-            }
+                (EndState::InLine { cr: true }, b'\n') => EndState::LineStart,
+                (_, b'\r') => EndState::InLine { cr: true },
+                _ => EndState::InLine { cr: false },
+            };
+            i += 1;
         }
+        let rest = &chunk[i..];
+        if let Some(t) = terminator().find(rest) {
+            self.state = EndState::LineStart;
+            return Some(i + t + TERMINATOR.len());
+        }
+        // No byte before `rest` can start a terminator (the state at `i` was
+        // neutral), so its tail alone says what the next chunk continues.
+        self.state = if rest.ends_with(b"\r\n.\r") {
+            EndState::DotCr
+        } else if rest.ends_with(b"\r\n.") {
+            EndState::Dot
+        } else if rest.ends_with(b"\r\n") {
+            EndState::LineStart
+        } else {
+            EndState::InLine {
+                cr: rest.ends_with(b"\r"),
+            }
+        };
         None
     }
+}
+
+/// The end of a multi-line body, with the line ending before it.
+const TERMINATOR: &[u8] = b"\r\n.\r\n";
+
+/// A searcher for [`TERMINATOR`], built once.
+fn terminator() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(TERMINATOR))
 }
 
 /// Removes dot-stuffing from one body line (RFC 1939 §3).
@@ -326,6 +327,147 @@ mod tests {
         let two = b"a\r\n.\r\n+OK next\r\nb\r\n.\r\n";
         assert_eq!(end_in_chunks(two, 1), Some(6));
         assert_eq!(end_in_chunks(two, two.len()), Some(6));
+    }
+
+    /// The byte-wise scanner `BodyEnd::feed` replaced, kept as the
+    /// reference the fast one must agree with.
+    struct Reference {
+        state: EndState,
+    }
+
+    impl Reference {
+        fn feed(&mut self, chunk: &[u8]) -> Option<usize> {
+            let mut i = 0;
+            while i < chunk.len() {
+                match self.state {
+                    EndState::LineStart => {
+                        if chunk[i] == b'.' {
+                            self.state = EndState::Dot;
+                            i += 1;
+                        } else {
+                            self.state = EndState::InLine { cr: false };
+                        }
+                    }
+                    EndState::Dot => {
+                        if chunk[i] == b'\r' {
+                            self.state = EndState::DotCr;
+                            i += 1;
+                        } else {
+                            self.state = EndState::InLine { cr: false };
+                        }
+                    }
+                    EndState::DotCr => {
+                        if chunk[i] == b'\n' {
+                            self.state = EndState::LineStart;
+                            return Some(i + 1);
+                        }
+                        self.state = EndState::InLine { cr: true };
+                    }
+                    EndState::InLine { cr } => match memchr::memchr(b'\n', &chunk[i..]) {
+                        Some(j) => {
+                            let lf = i + j;
+                            let prev_cr = if j == 0 { cr } else { chunk[lf - 1] == b'\r' };
+                            self.state = if prev_cr {
+                                EndState::LineStart
+                            } else {
+                                EndState::InLine { cr: false }
+                            };
+                            i = lf + 1;
+                        }
+                        None => {
+                            self.state = EndState::InLine {
+                                cr: chunk.last() == Some(&b'\r'),
+                            };
+                            return None;
+                        }
+                    },
+                }
+            }
+            None
+        }
+    }
+
+    /// xorshift64: deterministic, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// A body made of the pieces terminators, bare endings and stuffing are
+    /// built from, with lines long enough to cross SIMD blocks.
+    fn random_body(rng: &mut Rng, max_pieces: usize) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            b"\r",
+            b"\n",
+            b".",
+            b"a",
+            b"\r\n",
+            b"\r\n.",
+            b"\r\n.\r",
+            b"\r\n.\r\n",
+            b"\n.\n",
+            b"\r.\r",
+            b"..",
+            b"\r\r\n",
+            b"abc",
+        ];
+        let mut body = Vec::new();
+        for _ in 0..rng.below(max_pieces + 1) {
+            if rng.below(8) == 0 {
+                body.resize(body.len() + rng.below(150), b'x');
+            } else {
+                body.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+            }
+        }
+        body
+    }
+
+    /// Feeds `body` cut at `cuts` to both scanners, going on after each end
+    /// as a pipelined reply would; every answer and state must agree.
+    fn agree(body: &[u8], cuts: impl IntoIterator<Item = usize>) {
+        let mut fast = BodyEnd::new();
+        let mut slow = Reference {
+            state: EndState::LineStart,
+        };
+        let mut from = 0;
+        for to in cuts.into_iter().chain([body.len()]) {
+            let mut chunk = &body[from..to.max(from)];
+            loop {
+                let (got, want) = (fast.feed(chunk), slow.feed(chunk));
+                let ctx = || format!("{:?} at {from}..{to}", String::from_utf8_lossy(body));
+                assert_eq!(got, want, "{}", ctx());
+                assert_eq!(fast.state, slow.state, "{}", ctx());
+                match got {
+                    Some(e) if e < chunk.len() => chunk = &chunk[e..],
+                    _ => break,
+                }
+            }
+            from = to.max(from);
+        }
+    }
+
+    #[test]
+    fn body_end_agrees_with_the_bytewise_scanner() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..1500 {
+            let body = random_body(&mut rng, 24);
+            for size in 1..=body.len().max(1) {
+                agree(&body, (size..body.len()).step_by(size));
+            }
+            for _ in 0..20 {
+                let mut cuts: Vec<usize> = (0..rng.below(6))
+                    .map(|_| rng.below(body.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                agree(&body, cuts);
+            }
+        }
     }
 
     #[test]
