@@ -13,11 +13,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Size of a connection's read buffer; also the largest relay chunk.
+/// The most a connection reads at once, and so the largest relay chunk: a
+/// buffer grows to this while data keeps coming (a bulk transfer).
 pub const READ_BUFFER: usize = 16 * 1024;
+
+/// What a read reserves while a connection is not moving bulk data: a few
+/// command or reply lines. Longer lines still assemble (each read adds at
+/// least this much); [`Conn::read_line`]'s cap bounds them.
+pub const SMALL_READ: usize = 1024;
 
 /// A TCP stream, plain or wrapped in TLS.
 #[derive(Debug)]
@@ -159,8 +165,14 @@ pub enum LineRead {
 #[derive(Debug)]
 pub struct Conn {
     stream: Stream,
+    /// Received bytes; `buf[start..]` are not consumed yet. Its capacity
+    /// follows the traffic: released while the peer is quiet, a small read
+    /// when it talks, [`READ_BUFFER`] once a read fills what it was given.
     buf: Vec<u8>,
     start: usize,
+    /// The last read filled its whole space: more is probably coming, so
+    /// the next read gets [`READ_BUFFER`].
+    bulk: bool,
     write_timeout: std::time::Duration,
 }
 
@@ -169,8 +181,9 @@ impl Conn {
     pub fn new(stream: Stream) -> Self {
         Self {
             stream,
-            buf: Vec::with_capacity(READ_BUFFER),
+            buf: Vec::new(),
             start: 0,
+            bulk: false,
             write_timeout: crate::limits::WRITE_TIMEOUT,
         }
     }
@@ -210,13 +223,40 @@ impl Conn {
     /// read abandoned by a timeout leaves the buffer as it was.
     pub async fn fill(&mut self) -> io::Result<usize> {
         self.compact();
-        // The buffer stays at its fixed size unless a caller is assembling a
-        // line longer than it.
-        let spare = (self.start + READ_BUFFER)
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// One poll of a read into the buffer (see [`Conn::fill`]).
+    ///
+    /// Memory follows the traffic: a read is given [`SMALL_READ`] octets
+    /// unless the one before filled all it was given, then [`READ_BUFFER`];
+    /// and when the peer has nothing to say while nothing is buffered, the
+    /// buffer is released, so an idle connection holds no read buffer at
+    /// all (issue 14: memory per idle session). The buffer never holds
+    /// more than a read's worth past `start` unless a caller is assembling
+    /// a line longer than that.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = if self.bulk { READ_BUFFER } else { SMALL_READ };
+        let spare = (self.start + want)
             .saturating_sub(self.buf.len())
-            .max(1024);
+            .max(SMALL_READ);
         self.buf.reserve(spare);
-        self.stream.read_buf(&mut self.buf).await
+        let offered = self.buf.capacity() - self.buf.len();
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
+            Poll::Ready(Ok(n)) => {
+                self.bulk = n == offered;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.start == self.buf.len() {
+                    self.buf = Vec::new();
+                    self.start = 0;
+                    self.bulk = false;
+                }
+                Poll::Pending
+            }
+        }
     }
 
     /// Whether the peer has already sent something, without waiting (see
@@ -336,15 +376,8 @@ impl Conn {
         std::future::poll_fn(|cx| {
             let mut got = None;
             if read {
-                let len = self.buf.len();
-                let spare = (self.start + READ_BUFFER).saturating_sub(len).max(1024);
-                self.buf.resize(len + spare, 0);
-                let mut dst = ReadBuf::new(&mut self.buf[len..]);
-                let polled = Pin::new(&mut self.stream).poll_read(cx, &mut dst);
-                let n = dst.filled().len();
-                self.buf.truncate(len + n);
-                match polled {
-                    Poll::Ready(Ok(())) => got = Some(n),
+                match self.poll_fill(cx) {
+                    Poll::Ready(Ok(n)) => got = Some(n),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
                 }
@@ -383,7 +416,8 @@ impl Conn {
     /// Drops consumed bytes from the front of the buffer when that frees
     /// enough room (as [`Conn::fill`] does before reading).
     fn compact(&mut self) {
-        if self.start > 0 && (self.start == self.buf.len() || self.start >= READ_BUFFER / 2) {
+        if self.start > 0 && (self.start == self.buf.len() || self.start >= self.buf.capacity() / 2)
+        {
             self.buf.drain(..self.start);
             self.start = 0;
         }
@@ -510,6 +544,45 @@ mod tests {
             LineRead::Line(b"THREE\r\n".to_vec())
         );
         assert_eq!(conn.read_line(100).await.expect("r"), LineRead::Eof);
+    }
+
+    /// Memory follows the traffic: a quiet peer costs no read buffer, a
+    /// command gets a small read, a bulk transfer reads [`READ_BUFFER`] at
+    /// a time and never holds more.
+    #[tokio::test]
+    async fn the_buffer_is_released_while_the_peer_is_quiet() {
+        let (mut conn, mut peer) = pair().await;
+        assert_eq!(conn.buf.capacity(), 0, "a new connection holds no buffer");
+        peer.write_all(b"NOOP\r\n").await.expect("w");
+        assert_eq!(
+            conn.read_line(100).await.expect("r"),
+            LineRead::Line(b"NOOP\r\n".to_vec())
+        );
+        assert!(conn.buf.capacity() <= SMALL_READ, "a command got a small read");
+        assert!(conn.poll_input().await.is_none(), "the peer is quiet");
+        assert_eq!(conn.buf.capacity(), 0, "released while waiting");
+
+        let bulk = vec![b'b'; 4 * READ_BUFFER];
+        peer.write_all(&bulk).await.expect("w");
+        let (mut got, mut largest) = (0, 0);
+        while got < bulk.len() {
+            let n = conn.fill().await.expect("fill");
+            assert!(n > 0, "early end of stream");
+            largest = largest.max(n);
+            assert!(conn.buf.capacity() <= 2 * READ_BUFFER, "buffer grew");
+            got += conn.buffered().len();
+            let all = conn.buffered().len();
+            conn.consume(all);
+        }
+        assert!(largest > SMALL_READ, "bulk reads stayed small: {largest}");
+
+        // Bytes not yet consumed are never released.
+        peer.write_all(b"PARTIAL").await.expect("w");
+        while conn.buffered().len() < 7 {
+            conn.fill().await.expect("fill");
+        }
+        assert!(conn.poll_input().await.is_none(), "the peer is quiet");
+        assert_eq!(conn.buffered(), b"PARTIAL");
     }
 
     #[tokio::test]
