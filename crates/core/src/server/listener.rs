@@ -136,7 +136,13 @@ async fn admit(
     stop: CancellationToken,
 ) {
     let peer = if serving.options.proxy_protocol {
-        match crate::proxy::read_header(&mut stream, limits::PROXY_HEADER_TIMEOUT).await {
+        // Boxed: its buffers are freed once the header is read.
+        match Box::pin(crate::proxy::read_header(
+            &mut stream,
+            limits::PROXY_HEADER_TIMEOUT,
+        ))
+        .await
+        {
             Ok(addr) => addr.source_or(socket_peer),
             Err(e) => {
                 // No reply: the peer is not speaking the protocol we expect.

@@ -416,8 +416,15 @@ async fn serve<P: Protocol>(
 ) {
     let started = Instant::now();
     crate::metrics::session_started(&route.name);
-    let (end, session) = match ClientSide::open(stream, &route.listen, &route.timeouts, stop).await
-    {
+    // Boxed, like each protocol's login: a phase that ends is freed when
+    // it ends instead of sizing the future an idle session keeps.
+    let open = Box::pin(ClientSide::open(
+        stream,
+        &route.listen,
+        &route.timeouts,
+        stop,
+    ));
+    let (end, session) = match open.await {
         Err(closed) => (SessionEnd::Closed(closed), None),
         Ok(client) => {
             let mut session = Session {

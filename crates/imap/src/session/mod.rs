@@ -74,26 +74,38 @@ impl Protocol for Imap {
     }
 
     async fn run(route: &Route<Imap>, s: &mut Session) -> Result<(), SessionEnd> {
-        let mut state = NotAuthenticated::new(
-            route.extra.capabilities.get(),
-            s.client.tls(),
-            LocalAuth {
-                passwords: route.credentials.offers_login(),
-                challenge: route.credentials.offers_challenges().then(fresh_msg_id),
-            },
-        );
-        s.client
-            .greet(
-                &state.greeting(),
-                b"* BYE Protocol error: data sent before the greeting\r\n",
-            )
-            .await?;
-        let Some(mut up) = not_authenticated(route, s, &mut state).await? else {
+        // Boxed: the greeting and the login are freed once they are done,
+        // so a logged-in session keeps only the relay's state (memory per
+        // idle session, issue 14).
+        let Some(mut up) = Box::pin(greet_and_log_in(route, s)).await? else {
             return Ok(());
         };
         s.client.logged_in();
         relay::authenticated(route, s, &mut up).await
     }
+}
+
+/// Greets the client and runs the not-authenticated state: `Some` with the
+/// logged-in upstream, `None` when the client logged out.
+async fn greet_and_log_in(
+    route: &Route<Imap>,
+    s: &mut Session,
+) -> Result<Option<Link>, SessionEnd> {
+    let mut state = NotAuthenticated::new(
+        route.extra.capabilities.get(),
+        s.client.tls(),
+        LocalAuth {
+            passwords: route.credentials.offers_login(),
+            challenge: route.credentials.offers_challenges().then(fresh_msg_id),
+        },
+    );
+    s.client
+        .greet(
+            &state.greeting(),
+            b"* BYE Protocol error: data sent before the greeting\r\n",
+        )
+        .await?;
+    not_authenticated(route, s, &mut state).await
 }
 
 /// An upstream connection that is connected but not logged in yet (kept

@@ -76,37 +76,49 @@ impl Protocol for Pop3 {
     }
 
     async fn run(route: &Route<Pop3>, s: &mut Session) -> Result<(), SessionEnd> {
-        // With local secrets postern is an APOP server itself: its greeting
-        // carries a fresh msg-id timestamp (RFC 1939 §7).
-        let timestamp = route.credentials.offers_challenges().then(fresh_msg_id);
-        let greeting = match &timestamp {
-            Some(ts) => format!(
-                "+OK postern POP3 gateway ready {}\r\n",
-                String::from_utf8_lossy(ts)
-            ),
-            None => "+OK postern POP3 gateway ready\r\n".to_owned(),
-        };
-        s.client
-            .greet(
-                greeting.as_bytes(),
-                b"-ERR Protocol error: data sent before the greeting\r\n",
-            )
-            .await?;
-        let snapshot = route.extra.capabilities.get();
-        let mut auth = Authorization::new(
-            snapshot,
-            s.client.tls(),
-            LocalAuth {
-                passwords: route.credentials.offers_login(),
-                timestamp,
-            },
-        );
-        let Some(mut up) = authorization(route, s, &mut auth).await? else {
+        // Boxed: the greeting and the login are freed once they are done,
+        // so a logged-in session keeps only the relay's state (memory per
+        // idle session, issue 14).
+        let Some(mut up) = Box::pin(greet_and_authorize(route, s)).await? else {
             return Ok(());
         };
         s.client.logged_in();
         relay::transaction(route, s, &mut up).await
     }
+}
+
+/// Greets the client and runs the AUTHORIZATION state: `Some` with the
+/// logged-in upstream, `None` when the client quit.
+async fn greet_and_authorize(
+    route: &Route<Pop3>,
+    s: &mut Session,
+) -> Result<Option<Link>, SessionEnd> {
+    // With local secrets postern is an APOP server itself: its greeting
+    // carries a fresh msg-id timestamp (RFC 1939 §7).
+    let timestamp = route.credentials.offers_challenges().then(fresh_msg_id);
+    let greeting = match &timestamp {
+        Some(ts) => format!(
+            "+OK postern POP3 gateway ready {}\r\n",
+            String::from_utf8_lossy(ts)
+        ),
+        None => "+OK postern POP3 gateway ready\r\n".to_owned(),
+    };
+    s.client
+        .greet(
+            greeting.as_bytes(),
+            b"-ERR Protocol error: data sent before the greeting\r\n",
+        )
+        .await?;
+    let snapshot = route.extra.capabilities.get();
+    let mut auth = Authorization::new(
+        snapshot,
+        s.client.tls(),
+        LocalAuth {
+            passwords: route.credentials.offers_login(),
+            timestamp,
+        },
+    );
+    authorization(route, s, &mut auth).await
 }
 
 /// An upstream connection that is connected but not logged in yet (kept

@@ -118,9 +118,19 @@ impl Protocol for Smtp {
                 }
             }
             let action = session.on_line(&line);
-            if act(route, s, &mut session, &mut slot, device.as_ref(), action)
-                .await?
-                .is_break()
+            // Boxed: connecting, logging in and relaying a message are
+            // freed once the command is done, so a session waiting for its
+            // next command keeps only the loop's state (issue 14).
+            if Box::pin(act(
+                route,
+                s,
+                &mut session,
+                &mut slot,
+                device.as_ref(),
+                action,
+            ))
+            .await?
+            .is_break()
             {
                 return Ok(());
             }
