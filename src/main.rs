@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod alloc;
 mod oauth_cmd;
 
 use clap::{Parser, Subcommand};
@@ -187,6 +188,7 @@ fn load(given: Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    alloc::return_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(config).and_then(|c| {
