@@ -105,11 +105,23 @@ pub async fn burst(ep: &Endpoint, pid: u32, p: &Profile, round: usize) -> Memory
         }
         tokio::time::sleep(p.settle).await;
         let now = rss();
+        let fds = procfs::open_fds(pid);
+        // Each idle session holds a client and an upstream socket in the
+        // proxy: fewer descriptors means the RSS read is some other
+        // process's (a wrapper script given as --postern), not a result.
+        if fds.is_some_and(|n| n < 2 * conns.len()) {
+            errors.record(&crate::error::BenchError::Setup(format!(
+                "process {pid} has {} open files for {} sessions: it is not the proxy \
+                 (is --postern a wrapper? give the binary itself)",
+                fds.unwrap_or(0),
+                conns.len()
+            )));
+        }
         steps.push(MemoryStep {
             sessions: conns.len(),
             rss_kib: now,
             per_session_kib: now.saturating_sub(baseline) as f64 / conns.len().max(1) as f64,
-            fds: procfs::open_fds(pid),
+            fds,
         });
     }
     close_all(conns).await;
