@@ -41,6 +41,40 @@ async fn upstream_death_mid_retr_closes_the_client_without_a_terminator() {
     }
 }
 
+/// The same cut after many TLS records that arrive together: the relay
+/// takes every record that is ready in one batch (issue 14) and must still
+/// hand the client exactly the bytes the server sent before it died — none
+/// lost with the error that follows them, no terminator added.
+#[tokio::test]
+async fn a_batched_relay_stops_exactly_at_an_upstream_cut() {
+    const CUT: usize = 200_000;
+    let pki = TestPki::new();
+    for security in ["none", "tls"] {
+        let body: Vec<u8> = (0..30_000)
+            .flat_map(|i| format!("line {i:05}\r\n").into_bytes())
+            .collect();
+        let up = upstream(
+            &pki,
+            security,
+            Pop3Script::new()
+                .credentials("a", "b")
+                .message(body.clone())
+                .die_mid_retr(CUT),
+        )
+        .await;
+        let gw = start(&up.route(security, "apop").yaml()).await;
+        let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+        c.read_line().await.expect("greeting");
+        c.command("USER a").await.expect("user");
+        assert!(c.command("PASS b").await.expect("pass").starts_with("+OK"));
+        assert!(c.command("RETR 1").await.expect("retr").starts_with("+OK"));
+        let (rest, _) = c.read_to_close().await;
+        assert_eq!(rest.len(), CUT, "{security}: bytes relayed before the cut");
+        assert!(rest == body[..CUT], "{security}: the bytes differ");
+        gw.stop().await;
+    }
+}
+
 /// A client that leaves without QUIT: the upstream is dropped without QUIT,
 /// so the deletion is never committed (RFC 1939 §6).
 #[tokio::test]

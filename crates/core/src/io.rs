@@ -16,9 +16,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The most a connection reads at once, and so the largest relay chunk: a
-/// buffer grows to this while data keeps coming (a bulk transfer).
-pub const READ_BUFFER: usize = 16 * 1024;
+/// The most a connection buffers from one fill, and so the largest relay
+/// chunk: a buffer grows to this while data keeps coming (a bulk transfer;
+/// four TLS records, written on to the other side in one call).
+pub const READ_BUFFER: usize = 64 * 1024;
 
 /// What a read reserves while a connection is not moving bulk data: a few
 /// command or reply lines. Longer lines still assemble (each read adds at
@@ -170,9 +171,12 @@ pub struct Conn {
     /// when it talks, [`READ_BUFFER`] once a read fills what it was given.
     buf: Vec<u8>,
     start: usize,
-    /// The last read filled its whole space: more is probably coming, so
-    /// the next read gets [`READ_BUFFER`].
+    /// The last read brought at least [`SMALL_READ`]: more is probably
+    /// coming, so the next read gets [`READ_BUFFER`].
     bulk: bool,
+    /// A read error met after a read that brought bytes; returned by the
+    /// next read, after the caller has had the bytes.
+    deferred: Option<io::Error>,
     write_timeout: std::time::Duration,
 }
 
@@ -184,6 +188,7 @@ impl Conn {
             buf: Vec::new(),
             start: 0,
             bulk: false,
+            deferred: None,
             write_timeout: crate::limits::WRITE_TIMEOUT,
         }
     }
@@ -229,34 +234,59 @@ impl Conn {
     /// One poll of a read into the buffer (see [`Conn::fill`]).
     ///
     /// Memory follows the traffic: a read is given [`SMALL_READ`] octets
-    /// unless the one before filled all it was given, then [`READ_BUFFER`];
-    /// and when the peer has nothing to say while nothing is buffered, the
-    /// buffer is released, so an idle connection holds no read buffer at
-    /// all (issue 14: memory per idle session). The buffer never holds
-    /// more than a read's worth past `start` unless a caller is assembling
-    /// a line longer than that.
+    /// unless the one before brought at least that much, then
+    /// [`READ_BUFFER`]; and when the peer has nothing to say while nothing
+    /// is buffered, the buffer is released, so an idle connection holds no
+    /// read buffer at all (issue 14: memory per idle session).
+    ///
+    /// In a bulk transfer it also takes whatever else is ready now, up to
+    /// [`READ_BUFFER`] unconsumed octets, so a relay writes it on in one
+    /// call: a TLS stream hands over one record (16 KiB) per read. An error
+    /// met after some bytes is kept for the next call; the bytes come first.
+    /// The buffer never holds more than [`READ_BUFFER`] + [`SMALL_READ`]
+    /// past `start` unless a caller is assembling a line longer than that.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = if self.bulk { READ_BUFFER } else { SMALL_READ };
-        let spare = (self.start + want)
-            .saturating_sub(self.buf.len())
-            .max(SMALL_READ);
-        self.buf.reserve(spare);
-        let offered = self.buf.capacity() - self.buf.len();
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf) {
-            Poll::Ready(Ok(n)) => {
-                self.bulk = n == offered;
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        if let Some(e) = self.deferred.take() {
+            return Poll::Ready(Err(e));
+        }
+        let mut total = match self.poll_read_once(cx) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {
                 if self.start == self.buf.len() {
                     self.buf = Vec::new();
                     self.start = 0;
                     self.bulk = false;
                 }
-                Poll::Pending
+                return Poll::Pending;
+            }
+        };
+        while total > 0 && self.bulk && self.buffered().len() < READ_BUFFER {
+            match self.poll_read_once(cx) {
+                // End of stream is seen again by the next read.
+                Poll::Ready(Ok(0)) | Poll::Pending => break,
+                Poll::Ready(Ok(n)) => total += n,
+                Poll::Ready(Err(e)) => {
+                    self.deferred = Some(e);
+                    break;
+                }
             }
         }
+        Poll::Ready(Ok(total))
+    }
+
+    /// One read into the buffer's spare room, sized by [`Conn::poll_fill`]'s rule.
+    fn poll_read_once(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = if self.bulk { READ_BUFFER } else { SMALL_READ };
+        let spare = (self.start + want)
+            .saturating_sub(self.buf.len())
+            .max(SMALL_READ);
+        self.buf.reserve(spare);
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf);
+        if let Poll::Ready(Ok(n)) = read {
+            self.bulk = n >= SMALL_READ;
+        }
+        read
     }
 
     /// Whether the peer has already sent something, without waiting (see
@@ -558,7 +588,10 @@ mod tests {
             conn.read_line(100).await.expect("r"),
             LineRead::Line(b"NOOP\r\n".to_vec())
         );
-        assert!(conn.buf.capacity() <= SMALL_READ, "a command got a small read");
+        assert!(
+            conn.buf.capacity() <= SMALL_READ,
+            "a command got a small read"
+        );
         assert!(conn.poll_input().await.is_none(), "the peer is quiet");
         assert_eq!(conn.buf.capacity(), 0, "released while waiting");
 
@@ -583,6 +616,63 @@ mod tests {
         }
         assert!(conn.poll_input().await.is_none(), "the peer is quiet");
         assert_eq!(conn.buffered(), b"PARTIAL");
+    }
+
+    /// Over TLS each read hands over one record: a bulk fill takes every
+    /// record already there (up to `READ_BUFFER`), so a relay writes them
+    /// on in one call. An error met after some bytes (here the server's
+    /// TCP close without close_notify) comes on the next fill: no byte
+    /// received before it is lost.
+    #[tokio::test]
+    async fn a_bulk_fill_takes_every_tls_record_that_is_ready() {
+        use postern_testkit::TestPki;
+        // Less than a full buffer, so the error is met inside the batch.
+        const SIZE: usize = 40 * 1024;
+        let pki = TestPki::new();
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+        let connector = tokio_rustls::TlsConnector::from(pki.client_config());
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            tls.write_all(&vec![b'm'; SIZE]).await.expect("write");
+            tls.flush().await.expect("flush");
+            // Close the TCP connection without a TLS close_notify.
+            drop(tls.into_inner().0);
+            let _ = sent_tx.send(());
+        });
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("client handshake");
+        let mut conn = Conn::new(Stream::TlsClient(Box::new(tls)));
+        sent_rx.await.expect("server sent");
+        server.await.expect("server");
+        // Let every record reach the client's socket.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+        let first = conn.fill().await.expect("first fill");
+        assert!(
+            first > 16 * 1024 + SMALL_READ,
+            "one fill took {first} octets: a single record"
+        );
+        let mut got = 0;
+        let end = loop {
+            got += conn.buffered().len();
+            let all = conn.buffered().len();
+            conn.consume(all);
+            match conn.fill().await {
+                Ok(0) => break None,
+                Ok(_) => {}
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        assert_eq!(got, SIZE, "every byte before the error");
+        assert_eq!(end, Some(io::ErrorKind::UnexpectedEof));
     }
 
     #[tokio::test]
