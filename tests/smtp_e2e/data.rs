@@ -120,3 +120,37 @@ async fn smuggling_vectors_never_reach_the_upstream() {
         gw.stop().await;
     }
 }
+
+/// A message arriving a byte at a time puts every chunk boundary inside a
+/// CRLF, after a line's dot and inside the terminator: postern holds those
+/// bytes back and joins them to the next chunk (everything else goes
+/// upstream straight from the client's buffer), and the upstream receives
+/// exactly the client's message.
+#[tokio::test]
+async fn a_message_split_at_every_byte_arrives_exactly() {
+    let pki = TestPki::new();
+    // Dot-stuffed lines, one that is only a (stuffed) dot, an empty line.
+    let body = b"Subject: split\r\n\r\n..stuffed\r\n..\r\nx\r\n\r\nline\r\n".to_vec();
+    for security in ["none", "tls"] {
+        let (up, gw) = gateway(&pki, security, "plain", SmtpScript::new()).await;
+        let mut c = connect(&gw).await;
+        login(&mut c).await;
+        c.smtp_command("MAIL FROM:<a@x>").await.expect("mail");
+        c.smtp_command("RCPT TO:<b@y>").await.expect("rcpt");
+        assert_eq!(code(&c.smtp_command("DATA").await.expect("data")), "354");
+        for b in body.iter().chain(b".\r\n") {
+            c.send_raw(&[*b]).await.expect("byte");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let r = c.read_smtp_reply().await.expect("final reply");
+        assert_eq!(code(&r), "250", "{security}: {r:?}");
+        let got = up.fake.messages();
+        assert_eq!(got.len(), 1, "{security}");
+        assert_eq!(
+            String::from_utf8_lossy(&got[0].raw),
+            String::from_utf8_lossy(&body),
+            "{security}: the upstream's copy differs"
+        );
+        gw.stop().await;
+    }
+}

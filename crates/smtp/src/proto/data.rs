@@ -86,6 +86,14 @@ impl DataScanner {
             }
         }
         let rest = &chunk[i..];
+        let (paired, dot_after_lf) = line_flags(rest);
+        if paired && !dot_after_lf {
+            // The common chunk: every line ending is CRLF and no line
+            // starts with a dot, so no terminator either — one pass.
+            self.bytes += rest.len() as u64;
+            self.state = tail_state(rest);
+            return Scan::More;
+        }
         let end = terminator().find(rest);
         // Through the CRLF before the `.`: the last line of the message.
         let body = end.map_or(rest, |t| &rest[..t + 2]);
@@ -97,19 +105,7 @@ impl DataScanner {
             self.state = State::LineStart;
             return Scan::End(i + t + TERMINATOR.len());
         }
-        // The state at `i` was mid-line, so a pending line ending or
-        // terminator can only have started inside `rest`.
-        self.state = if rest.ends_with(b"\r\n.\r") {
-            State::DotCr
-        } else if rest.ends_with(b"\r\n.") {
-            State::Dot
-        } else if rest.ends_with(b"\r\n") {
-            State::LineStart
-        } else if rest.ends_with(b"\r") {
-            State::Cr
-        } else {
-            State::InLine
-        };
+        self.state = tail_state(rest);
         Scan::More
     }
 
@@ -168,35 +164,70 @@ fn terminator() -> &'static memchr::memmem::Finder<'static> {
     FINDER.get_or_init(|| memchr::memmem::Finder::new(TERMINATOR))
 }
 
+/// The scanner's state after `rest`, which began mid-line and holds no
+/// terminator: a pending line ending or terminator can only have started
+/// inside it.
+fn tail_state(rest: &[u8]) -> State {
+    if rest.ends_with(b"\r\n.\r") {
+        State::DotCr
+    } else if rest.ends_with(b"\r\n.") {
+        State::Dot
+    } else if rest.ends_with(b"\r\n") {
+        State::LineStart
+    } else if rest.ends_with(b"\r") {
+        State::Cr
+    } else {
+        State::InLine
+    }
+}
+
 /// Whether every CR in `bytes` is followed by LF and every LF preceded by
 /// CR, `bytes` starting mid-line; a CR as the last byte is left pending.
+fn line_endings_paired(bytes: &[u8]) -> bool {
+    line_flags(bytes).0
+}
+
+/// In one pass over `bytes` (starting mid-line; a CR as the last byte is
+/// left pending): whether every CR is followed by LF and every LF preceded
+/// by CR, and whether any LF is followed by a `.` (a line starting with a
+/// dot: stuffing, or the terminator).
 ///
 /// Branch-free within 64-byte blocks, so the compiler vectorizes it (SSE2
-/// on the baseline target): on mail the answer is yes, and the byte-wise
-/// walk is left to find where a refused chunk goes wrong.
-fn line_endings_paired(bytes: &[u8]) -> bool {
+/// on the baseline target): on mail the answer is (yes, no), and the
+/// terminator search and the byte-wise walk are left to the chunks where
+/// it is not.
+fn line_flags(bytes: &[u8]) -> (bool, bool) {
     const BLOCK: usize = 64;
-    /// Whether any pair in the two views is a lone CR or a lone LF.
-    fn unpaired(now: &[u8], next: &[u8]) -> bool {
+    /// (a lone CR or LF, an LF before a dot) among the pairs of the views.
+    fn flags(now: &[u8], next: &[u8]) -> (bool, bool) {
         now.iter()
             .zip(next)
-            .fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')))
+            .fold((false, false), |(bad, dot), (&a, &b)| {
+                (
+                    bad | ((a == b'\r') != (b == b'\n')),
+                    dot | ((a == b'\n') & (b == b'.')),
+                )
+            })
     }
     let Some((&first, next)) = bytes.split_first() else {
-        return true;
+        return (true, false);
     };
     if first == b'\n' {
-        return false;
+        return (false, false);
     }
     let now = &bytes[..next.len()];
     let mut now_blocks = now.chunks_exact(BLOCK);
     let mut next_blocks = next.chunks_exact(BLOCK);
+    let mut dot = false;
     for (a, b) in now_blocks.by_ref().zip(next_blocks.by_ref()) {
-        if unpaired(a, b) {
-            return false;
+        let (bad, d) = flags(a, b);
+        if bad {
+            return (false, dot | d);
         }
+        dot |= d;
     }
-    !unpaired(now_blocks.remainder(), next_blocks.remainder())
+    let (bad, d) = flags(now_blocks.remainder(), next_blocks.remainder());
+    (!bad, dot | d)
 }
 
 #[cfg(test)]

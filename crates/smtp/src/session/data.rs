@@ -11,7 +11,6 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use postern_core::io::READ_BUFFER;
 use postern_core::limits::DATA_RATE_GRACE;
 use postern_core::metrics;
 use postern_core::session::{ClientSide, Closed, Route, Session, SessionEnd, SessionStats};
@@ -190,6 +189,8 @@ fn too_slow(min_rate: u64, bytes: u64, elapsed: Duration) -> bool {
 /// the upstream is still being fed.
 struct Relay {
     scan: DataScanner,
+    /// Joins the bytes held back from the last chunk to the next one (the
+    /// rare chunk that ended inside a line ending or after a line's dot).
     out: Vec<u8>,
     failure: Option<UpstreamError>,
     too_big: bool,
@@ -221,16 +222,20 @@ impl Relay {
             self.too_big = true;
         }
         if self.feeding() {
-            self.out.clear();
-            self.out.extend_from_slice(held_before);
-            self.out.extend_from_slice(&chunk[..take]);
-            let send = if end {
-                self.out.len()
+            // What goes upstream: the bytes held back from the chunk before,
+            // then this chunk's, less the ones held back now.
+            let send = held_before.len() + take - if end { 0 } else { self.scan.held().len() };
+            let bytes = if held_before.is_empty() {
+                // The usual case: straight from the client's buffer.
+                &chunk[..send]
             } else {
-                self.out.len() - self.scan.held().len()
+                self.out.clear();
+                self.out.extend_from_slice(held_before);
+                self.out.extend_from_slice(&chunk[..take]);
+                &self.out[..send]
             };
             if send > 0 {
-                if let Err(e) = forward(up, &self.out[..send], end).await {
+                if let Err(e) = forward(up, bytes, end).await {
                     self.failure = Some(e);
                 }
             }
@@ -276,7 +281,7 @@ async fn relay(
     let started = Instant::now();
     let mut r = Relay {
         scan: DataScanner::new(),
-        out: Vec::with_capacity(READ_BUFFER + 2),
+        out: Vec::new(),
         failure: None,
         too_big: false,
     };
