@@ -239,9 +239,9 @@ impl Conn {
     /// is buffered, the buffer is released, so an idle connection holds no
     /// read buffer at all (issue 14: memory per idle session).
     ///
-    /// In a bulk transfer it also takes whatever else is ready now, up to
-    /// [`READ_BUFFER`] unconsumed octets, so a relay writes it on in one
-    /// call: a TLS stream hands over one record (16 KiB) per read. An error
+    /// In a bulk transfer over TLS it also takes whatever else is ready
+    /// now, up to [`READ_BUFFER`] unconsumed octets, so a relay writes it
+    /// on in one call: a TLS stream hands over one record (16 KiB) per read. An error
     /// met after some bytes is kept for the next call; the bytes come first.
     /// The buffer never holds more than [`READ_BUFFER`] + [`SMALL_READ`]
     /// past `start` unless a caller is assembling a line longer than that.
@@ -261,7 +261,10 @@ impl Conn {
                 return Poll::Pending;
             }
         };
-        while total > 0 && self.bulk && self.buffered().len() < READ_BUFFER {
+        // Plain TCP already gave everything there was (up to the offer);
+        // asking again would only be answered "would block".
+        while total > 0 && self.bulk && self.stream.is_tls() && self.buffered().len() < READ_BUFFER
+        {
             match self.poll_read_once(cx) {
                 // End of stream is seen again by the next read.
                 Poll::Ready(Ok(0)) | Poll::Pending => break,
