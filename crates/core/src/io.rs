@@ -168,7 +168,7 @@ pub struct Conn {
     stream: Stream,
     /// Received bytes; `buf[start..]` are not consumed yet. Its capacity
     /// follows the traffic: released while the peer is quiet, a small read
-    /// when it talks, [`READ_BUFFER`] once a read fills what it was given.
+    /// when it talks, up to [`READ_BUFFER`] in a bulk transfer.
     buf: Vec<u8>,
     start: usize,
     /// The last read brought at least [`SMALL_READ`]: more is probably
@@ -241,10 +241,11 @@ impl Conn {
     ///
     /// In a bulk transfer over TLS it also takes whatever else is ready
     /// now, up to [`READ_BUFFER`] unconsumed octets, so a relay writes it
-    /// on in one call: a TLS stream hands over one record (16 KiB) per read. An error
-    /// met after some bytes is kept for the next call; the bytes come first.
-    /// The buffer never holds more than [`READ_BUFFER`] + [`SMALL_READ`]
-    /// past `start` unless a caller is assembling a line longer than that.
+    /// on in one call: a TLS stream hands over one record (16 KiB) per
+    /// read. An error met after some bytes is kept for the next call; the
+    /// bytes come first. The buffer never holds more than [`READ_BUFFER`] +
+    /// [`SMALL_READ`] past `start` unless a caller is assembling a line
+    /// longer than that.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if let Some(e) = self.deferred.take() {
             return Poll::Ready(Err(e));
