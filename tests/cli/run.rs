@@ -407,3 +407,38 @@ fn sigterm_stops_the_gateway_even_when_stderr_is_a_closed_pipe() {
     let status = common::wait_exit(&mut child);
     assert!(status.success(), "exit {status:?}");
 }
+
+/// The gateway gives memory freed after a burst back to the system while
+/// it idles (issue 14): jemalloc's background purging thread must be
+/// running in `postern run` (a process without it keeps its peak RSS).
+#[cfg(target_os = "linux")]
+#[test]
+fn run_has_the_allocator_purging_thread() {
+    let dir = TempDir::new("postern-cli-alloc");
+    let (mut child, _, _stream) = run_route(
+        &dir,
+        RouteYaml::pop3("r", "pop.nonexistent.invalid:995").auth("user"),
+        &[],
+        "info",
+    );
+    let tasks = format!("/proc/{}/task", child.id());
+    let thread_names = || -> Vec<String> {
+        std::fs::read_dir(&tasks)
+            .expect("task list")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut names = thread_names();
+    while !names.iter().any(|n| n.starts_with("jemalloc_bg")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        names = thread_names();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        names.iter().any(|n| n.starts_with("jemalloc_bg")),
+        "no jemalloc background thread among {names:?}"
+    );
+}
