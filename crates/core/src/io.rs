@@ -11,6 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -133,6 +134,48 @@ impl AsyncWrite for Stream {
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Detached => Poll::Ready(Ok(())),
         }
+    }
+}
+
+/// One reusable timer for a connection's read deadlines.
+///
+/// A fresh `tokio::time::timeout` per read registers a timer in the
+/// runtime's wheel (under its lock) and removes it again when the read
+/// ends, on every command. This one timer is moved to each read's deadline
+/// instead: moving it later, the usual case, is one atomic update in
+/// tokio, and the wheel is touched only when an old deadline comes round
+/// (issue 14: CPU per command). Semantics are `timeout`'s: the future is
+/// polled first, so an answer that is already there wins over an expired
+/// deadline.
+#[derive(Debug)]
+pub struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Deadline {
+    /// A timer that is not armed yet. Needs the runtime.
+    pub fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+        }
+    }
+
+    /// Runs `fut` for at most `limit`: `None` if the time ran out first.
+    pub async fn run<F: Future>(&mut self, limit: Duration, fut: F) -> Option<F::Output> {
+        self.sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + limit);
+        tokio::select! {
+            biased;
+            out = fut => Some(out),
+            () = &mut self.sleep => None,
+        }
+    }
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -677,6 +720,33 @@ mod tests {
         };
         assert_eq!(got, SIZE, "every byte before the error");
         assert_eq!(end, Some(io::ErrorKind::UnexpectedEof));
+    }
+
+    /// One timer serves every read: an answer already there wins even
+    /// over a zero limit, a shorter deadline after a longer one rules, and
+    /// the timer is armed again after it expired.
+    #[tokio::test(start_paused = true)]
+    async fn one_deadline_serves_every_read() {
+        use std::time::Duration;
+        use tokio::time::Instant;
+        let within = |at: Instant, secs: u64| {
+            let e = at.elapsed();
+            e >= Duration::from_secs(secs) && e < Duration::from_secs(secs + 1)
+        };
+        let mut d = Deadline::new();
+        assert_eq!(d.run(Duration::ZERO, async { 7 }).await, Some(7));
+        assert_eq!(d.run(Duration::from_secs(600), async { 1 }).await, Some(1));
+        let at = Instant::now();
+        let never = std::future::pending::<()>;
+        assert_eq!(d.run(Duration::from_secs(5), never()).await, None);
+        assert!(within(at, 5), "a shorter deadline after a longer one");
+        let at = Instant::now();
+        let answer = tokio::time::sleep(Duration::from_secs(1));
+        assert_eq!(d.run(Duration::from_secs(3), answer).await, Some(()));
+        assert!(within(at, 1), "re-armed after it expired");
+        let at = Instant::now();
+        assert_eq!(d.run(Duration::from_secs(3), never()).await, None);
+        assert!(within(at, 3), "and expires again");
     }
 
     #[tokio::test]

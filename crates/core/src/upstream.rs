@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::config::HostPort;
-use crate::io::{Conn, LineRead, Stream, UpgradeError};
+use crate::io::{Conn, Deadline, LineRead, Stream, UpgradeError};
 use crate::limits::Timeouts;
 pub use crate::tls::{TlsTarget, UpstreamTransport};
 
@@ -348,6 +348,8 @@ pub trait Machine {
 #[derive(Debug)]
 pub struct Link {
     conn: Conn,
+    /// The reply deadlines' one timer.
+    deadline: Deadline,
     tls: Option<TlsTarget>,
     timeouts: Timeouts,
 }
@@ -373,6 +375,7 @@ impl Link {
         conn.set_write_timeout(timeouts.write);
         Ok(Self {
             conn,
+            deadline: Deadline::new(),
             tls,
             timeouts: *timeouts,
         })
@@ -447,10 +450,11 @@ impl Link {
         phase: &'static str,
         limit: Duration,
     ) -> Result<F::Reply, UpstreamError> {
-        let read = async {
+        let conn = &mut self.conn;
+        let read = async move {
             loop {
                 let max = framer.max_line();
-                let line = match self.conn.read_line(max).await? {
+                let line = match conn.read_line(max).await? {
                     LineRead::Line(l) => l,
                     LineRead::TooLong => return Err(Misbehaved::LineTooLong { phase, max }.into()),
                     LineRead::Eof => return Err(UpstreamError::Closed(phase)),
@@ -462,9 +466,9 @@ impl Link {
                 }
             }
         };
-        match tokio::time::timeout(limit, read).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout(phase)),
+        match self.deadline.run(limit, read).await {
+            Some(r) => r,
+            None => Err(UpstreamError::Timeout(phase)),
         }
     }
 

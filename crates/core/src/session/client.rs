@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::Closed;
-use crate::io::{Conn, LineRead, Stream};
+use crate::io::{Conn, Deadline, LineRead, Stream};
 use crate::limits::Timeouts;
 use crate::tls::{ListenSide, ListenTls};
 use crate::upstream::{Link, UpstreamError};
@@ -17,6 +17,8 @@ use crate::upstream::{Link, UpstreamError};
 #[derive(Debug)]
 pub struct ClientSide {
     conn: Conn,
+    /// The read deadlines' one timer.
+    deadline: Deadline,
     listen: ListenSide,
     timeouts: Timeouts,
     /// Until login: when the pre-login time is up.
@@ -42,6 +44,7 @@ impl ClientSide {
         }
         Ok(Self {
             conn,
+            deadline: Deadline::new(),
             listen: listen.clone(),
             timeouts: *timeouts,
             login_deadline: Some(Instant::now() + timeouts.login_total),
@@ -116,7 +119,7 @@ impl ClientSide {
     /// until the grace period ends.
     pub async fn read_line(&mut self, max: usize) -> Result<Option<Vec<u8>>, Closed> {
         let (limit, expired) = self.read_deadline();
-        let read = tokio::time::timeout(limit, self.conn.read_line(max));
+        let read = self.deadline.run(limit, self.conn.read_line(max));
         let mut read = std::pin::pin!(read);
         let read = tokio::select! {
             biased;
@@ -129,11 +132,11 @@ impl ClientSide {
             }
         };
         match read {
-            Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
-            Ok(Ok(LineRead::TooLong)) => Ok(None),
-            Ok(Ok(LineRead::Eof)) => Err(Closed::ClientGone),
-            Ok(Err(_)) => Err(Closed::ClientFailed),
-            Err(_) => Err(expired),
+            Some(Ok(LineRead::Line(l))) => Ok(Some(l)),
+            Some(Ok(LineRead::TooLong)) => Ok(None),
+            Some(Ok(LineRead::Eof)) => Err(Closed::ClientGone),
+            Some(Err(_)) => Err(Closed::ClientFailed),
+            None => Err(expired),
         }
     }
 
@@ -141,23 +144,24 @@ impl ClientSide {
     /// as [`ClientSide::read_line`]; the caller bounds `n`.
     pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, Closed> {
         let (limit, expired) = self.read_deadline();
-        let read = async {
+        let conn = &mut self.conn;
+        let read = async move {
             let mut out = Vec::with_capacity(n);
             while out.len() < n {
-                if self.conn.buffered().is_empty() && self.conn.fill().await? == 0 {
+                if conn.buffered().is_empty() && conn.fill().await? == 0 {
                     return Ok(None);
                 }
-                let take = self.conn.buffered().len().min(n - out.len());
-                out.extend_from_slice(&self.conn.buffered()[..take]);
-                self.conn.consume(take);
+                let take = conn.buffered().len().min(n - out.len());
+                out.extend_from_slice(&conn.buffered()[..take]);
+                conn.consume(take);
             }
             Ok::<_, std::io::Error>(Some(out))
         };
-        match tokio::time::timeout(limit, read).await {
-            Ok(Ok(Some(bytes))) => Ok(bytes),
-            Ok(Ok(None)) => Err(Closed::ClientGone),
-            Ok(Err(_)) => Err(Closed::ClientFailed),
-            Err(_) => Err(expired),
+        match self.deadline.run(limit, read).await {
+            Some(Ok(Some(bytes))) => Ok(bytes),
+            Some(Ok(None)) => Err(Closed::ClientGone),
+            Some(Err(_)) => Err(Closed::ClientFailed),
+            None => Err(expired),
         }
     }
 
