@@ -72,9 +72,10 @@ impl DataScanner {
     /// Feeds the next chunk.
     pub fn feed(&mut self, chunk: &[u8]) -> Scan {
         // The state carried from the last chunk is resolved byte by byte;
-        // from the first byte inside a line on, the chunk is one search for
-        // the terminator and one check that every CR and LF pair up, both at
-        // SIMD speed. Only a refused chunk is walked byte by byte again.
+        // from the first byte inside a line on, one vectorised pass checks
+        // that every CR and LF pair up and whether any line starts with a
+        // dot; only then is the terminator searched for (at SIMD speed).
+        // Only a refused chunk is walked byte by byte again.
         let mut i = 0;
         while self.state != State::InLine {
             let Some(&b) = chunk.get(i) else {
