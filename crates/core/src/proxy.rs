@@ -1126,21 +1126,6 @@ mod tests {
         writer.await.unwrap();
     }
 
-    /// xorshift64*: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            usize::try_from(self.next() % u64::try_from(n).unwrap()).unwrap()
-        }
-    }
-
     /// Random bytes, random mutations of valid headers and random v2
     /// headers: `parse` never panics, never claims more than it was given,
     /// and a complete answer does not change when more bytes arrive or when
@@ -1149,11 +1134,11 @@ mod tests {
     fn fuzz_parse_never_panics() {
         let seeds: Vec<Vec<u8>> = valid_cases().into_iter().map(|(_, b, _)| b).collect();
         let alphabet = b"PROXY TCP46UNKNOWN0123456789abcdef.:\r\n ";
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = postern_testkit::Rng::new(0x9e37_79b9_7f4a_7c15);
         let mut accepted = 0;
         for _ in 0..50_000 {
             let mut input = match rng.below(4) {
-                0 => (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+                0 => (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect(),
                 1 => {
                     let mut line = b"PROXY ".to_vec();
                     line.extend((0..rng.below(110)).map(|_| alphabet[rng.below(alphabet.len())]));
@@ -1161,24 +1146,24 @@ mod tests {
                 }
                 2 => {
                     let mut block = vec![0u8; rng.below(300)];
-                    block.iter_mut().for_each(|b| *b = rng.next() as u8);
+                    block.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
                     let len = if rng.below(2) == 0 {
                         block.len() as u16
                     } else {
-                        rng.next() as u16
+                        rng.next_u64() as u16
                     };
-                    v2_with_len(rng.next() as u8, rng.next() as u8, len, &block)
+                    v2_with_len(rng.next_u64() as u8, rng.next_u64() as u8, len, &block)
                 }
                 _ => {
                     let mut b = seeds[rng.below(seeds.len())].clone();
                     for _ in 0..=rng.below(4) {
                         let at = rng.below(b.len());
                         match rng.below(3) {
-                            0 => b[at] = rng.next() as u8,
+                            0 => b[at] = rng.next_u64() as u8,
                             1 => {
                                 b.remove(at);
                             }
-                            _ => b.insert(at, rng.next() as u8),
+                            _ => b.insert(at, rng.next_u64() as u8),
                         }
                         if b.is_empty() {
                             break;

@@ -36,6 +36,7 @@ mod imap;
 mod oauth;
 mod pki;
 mod pop3;
+mod rng;
 mod sasl;
 mod smtp;
 mod stream;
@@ -67,6 +68,7 @@ pub use pop3::{
     CapaBehaviour, FakePop3, LoggedEvent, Pop3Event, Pop3Script, StlsBehaviour, RFC1939_TIMESTAMP,
     UNIQUE_TIMESTAMP,
 };
+pub use rng::Rng;
 pub use smtp::{
     BareKind, DataEnd, EhloBehaviour, FakeSmtp, LoggedSmtpEvent, ReceivedMessage, SmtpEvent,
     SmtpScript, StarttlsBehaviour, FAKE_SMTP_HOST,

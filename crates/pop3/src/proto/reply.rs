@@ -239,6 +239,7 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_testkit::Rng;
 
     #[test]
     fn status_lines() {
@@ -387,18 +388,6 @@ mod tests {
         }
     }
 
-    /// xorshift64: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
-
     /// A body made of the pieces terminators, bare endings and stuffing are
     /// built from, with lines long enough to cross SIMD blocks.
     fn random_body(rng: &mut Rng, max_pieces: usize) -> Vec<u8> {
@@ -454,7 +443,7 @@ mod tests {
 
     #[test]
     fn body_end_agrees_with_the_bytewise_scanner() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..1500 {
             let body = random_body(&mut rng, 24);
             for size in 1..=body.len().max(1) {

@@ -234,6 +234,7 @@ fn line_flags(bytes: &[u8]) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_testkit::Rng;
 
     /// Feeds `data` in chunks of `size`; returns the outcome with offsets
     /// relative to the whole input.
@@ -361,18 +362,6 @@ mod tests {
         }
     }
 
-    /// xorshift64: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
-
     /// Data made of the pieces terminators, smuggling vectors and stuffing
     /// are built from, mostly well-formed so the fast path runs, with lines
     /// long enough to cross SIMD blocks.
@@ -441,7 +430,7 @@ mod tests {
 
     #[test]
     fn scanner_agrees_with_the_bytewise_one() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         let mut outcomes = [0; 3];
         for _ in 0..1500 {
             let data = random_data(&mut rng, 24);
