@@ -146,7 +146,7 @@ impl AsyncWrite for Stream {
 /// tokio, and the wheel is touched only when an old deadline comes round
 /// (issue 14: CPU per command). Semantics are `timeout`'s: the future is
 /// polled first, so an answer that is already there wins over an expired
-/// deadline.
+/// deadline; the time counts from the first poll.
 #[derive(Debug)]
 pub struct Deadline {
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -161,15 +161,25 @@ impl Deadline {
     }
 
     /// Runs `fut` for at most `limit`: `None` if the time ran out first.
+    /// The timer is moved only once `fut` has to wait, so an operation that
+    /// completes at once (most writes, a line already buffered) does not
+    /// touch it at all.
     pub async fn run<F: Future>(&mut self, limit: Duration, fut: F) -> Option<F::Output> {
-        self.sleep
-            .as_mut()
-            .reset(tokio::time::Instant::now() + limit);
-        tokio::select! {
-            biased;
-            out = fut => Some(out),
-            () = &mut self.sleep => None,
-        }
+        let mut fut = std::pin::pin!(fut);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            if !armed {
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + limit);
+                armed = true;
+            }
+            self.sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await
     }
 }
 
@@ -395,34 +405,6 @@ impl Conn {
             if self.fill().await? == 0 {
                 return Ok(LineRead::Eof);
             }
-        }
-    }
-
-    /// Reads one line from a client within `idle`: `Ok(None)` if it was too
-    /// long (already discarded); `Err` with the reason when the client is
-    /// gone or idle too long.
-    pub async fn read_line_within(
-        &mut self,
-        max: usize,
-        idle: std::time::Duration,
-    ) -> Result<Option<Vec<u8>>, &'static str> {
-        match tokio::time::timeout(idle, self.read_line(max)).await {
-            Ok(Ok(LineRead::Line(l))) => Ok(Some(l)),
-            Ok(Ok(LineRead::TooLong)) => Ok(None),
-            Ok(Ok(LineRead::Eof)) => Err("client closed the connection"),
-            Ok(Err(_)) => Err("client connection failed"),
-            Err(_) => Err("client idle timeout"),
-        }
-    }
-
-    /// Writes to a client within the write deadline; `Err` with the reason
-    /// if it is gone or stopped reading (a slow reader cannot make postern
-    /// buffer: each write waits, then gives up).
-    pub async fn write_within(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
-        match tokio::time::timeout(self.write_timeout, self.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("client connection failed"),
-            Err(_) => Err("client stopped reading"),
         }
     }
 
@@ -723,8 +705,9 @@ mod tests {
     }
 
     /// One timer serves every read: an answer already there wins even
-    /// over a zero limit, a shorter deadline after a longer one rules, and
-    /// the timer is armed again after it expired.
+    /// over a zero limit (and leaves the timer alone), a shorter deadline
+    /// after a longer one rules, and the timer is armed again after it
+    /// expired.
     #[tokio::test(start_paused = true)]
     async fn one_deadline_serves_every_read() {
         use std::time::Duration;
@@ -734,7 +717,13 @@ mod tests {
             e >= Duration::from_secs(secs) && e < Duration::from_secs(secs + 1)
         };
         let mut d = Deadline::new();
+        let unarmed = d.sleep.deadline();
         assert_eq!(d.run(Duration::ZERO, async { 7 }).await, Some(7));
+        assert_eq!(
+            d.sleep.deadline(),
+            unarmed,
+            "an operation done at once leaves the timer alone"
+        );
         assert_eq!(d.run(Duration::from_secs(600), async { 1 }).await, Some(1));
         let at = Instant::now();
         let never = std::future::pending::<()>;

@@ -386,6 +386,17 @@ impl Link {
         &mut self.conn
     }
 
+    /// Runs `op` on the connection for at most `limit` (`None`: the time
+    /// ran out), on the link's one deadline timer: what relays use per
+    /// chunk.
+    pub async fn within<'a, F, Fut>(&'a mut self, limit: Duration, op: F) -> Option<Fut::Output>
+    where
+        F: FnOnce(&'a mut Conn) -> Fut,
+        Fut: std::future::Future + 'a,
+    {
+        self.deadline.run(limit, op(&mut self.conn)).await
+    }
+
     /// postern's own address on this connection.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.conn.stream().local_addr()
@@ -432,15 +443,27 @@ impl Link {
         self.write_raw(bytes).await
     }
 
+    /// Reads more into the buffer within `limit` (a relay's next chunk);
+    /// `Ok(0)` at the server's end of stream.
+    pub async fn fill(
+        &mut self,
+        limit: Duration,
+        what: &'static str,
+    ) -> Result<usize, UpstreamError> {
+        match self.within(limit, |c| c.fill()).await {
+            Some(r) => Ok(r?),
+            None => Err(UpstreamError::Timeout(what)),
+        }
+    }
+
     /// Writes without the quiet check (message data, whose end is checked
     /// by the caller).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        deadline(
-            self.conn.write_timeout(),
-            "writing to the server",
-            self.conn.write_all(bytes),
-        )
-        .await
+        let limit = self.conn.write_timeout();
+        match self.within(limit, |c| c.write_all(bytes)).await {
+            Some(r) => r.map_err(UpstreamError::Io),
+            None => Err(UpstreamError::Timeout("writing to the server")),
+        }
     }
 
     /// Reads one complete reply through `framer`, under one deadline.

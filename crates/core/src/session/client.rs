@@ -71,6 +71,17 @@ impl ClientSide {
         &mut self.conn
     }
 
+    /// Runs `op` on the connection for at most `limit` (`None`: the time
+    /// ran out), on the session's one read-deadline timer: what relays use
+    /// per chunk.
+    pub async fn within<'a, F, Fut>(&'a mut self, limit: Duration, op: F) -> Option<Fut::Output>
+    where
+        F: FnOnce(&'a mut Conn) -> Fut,
+        Fut: std::future::Future + 'a,
+    {
+        self.deadline.run(limit, op(&mut self.conn)).await
+    }
+
     /// Cancelled when the gateway begins shutting down: for a session
     /// that waits on more than its client (IMAP's relay), which then ends
     /// itself at the next point where that is clean.
@@ -182,10 +193,11 @@ impl ClientSide {
 
     /// Writes within the write deadline.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), Closed> {
-        match tokio::time::timeout(self.conn.write_timeout(), self.conn.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Closed::ClientFailed),
-            Err(_) => Err(Closed::StoppedReading),
+        let limit = self.conn.write_timeout();
+        match self.within(limit, |c| c.write_all(bytes)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(_)) => Err(Closed::ClientFailed),
+            None => Err(Closed::StoppedReading),
         }
     }
 

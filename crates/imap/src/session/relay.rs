@@ -250,12 +250,13 @@ async fn forward(
     let limit = up.conn().write_timeout();
     let mut rest = bytes;
     loop {
-        let step = tokio::time::timeout(limit, up.conn().write_or_fill(rest, !r.server_eof)).await;
+        let reading = !r.server_eof;
+        let step = up.within(limit, |c| c.write_or_fill(rest, reading)).await;
         let (written, read) = match step {
-            Ok(Ok(Duplex::Written)) => return Ok(()),
-            Ok(Ok(Duplex::Read { written, read })) => (written, read),
-            Ok(Err(e)) => return Err(unavailable(s, r, UpstreamError::Io(e)).await),
-            Err(_) => {
+            Some(Ok(Duplex::Written)) => return Ok(()),
+            Some(Ok(Duplex::Read { written, read })) => (written, read),
+            Some(Err(e)) => return Err(unavailable(s, r, UpstreamError::Io(e)).await),
+            None => {
                 let e = UpstreamError::Timeout("writing to the server");
                 return Err(unavailable(s, r, e).await);
             }

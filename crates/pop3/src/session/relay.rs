@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use postern_core::metrics;
 use postern_core::session::{Route, Session, SessionEnd};
-use postern_core::upstream::{deadline, Link, UpstreamError};
+use postern_core::upstream::{Link, UpstreamError};
 
 use super::{temporary, Pop3};
 use crate::proto::capa;
@@ -114,26 +114,22 @@ async fn relay_body(
 ) -> Result<u64, SessionEnd> {
     let mut end = BodyEnd::new();
     let mut relayed = 0u64;
-    let up = up.conn();
     loop {
-        if up.buffered().is_empty() {
-            let n = deadline(
-                route.timeouts.upstream_reply,
-                "a message transfer",
-                up.fill(),
-            )
-            .await?;
+        if up.conn().buffered().is_empty() {
+            let n = up
+                .fill(route.timeouts.upstream_reply, "a message transfer")
+                .await?;
             if n == 0 {
                 return Err(UpstreamError::Closed("in the middle of a multi-line reply").into());
             }
         }
-        let chunk = up.buffered();
+        let chunk = up.conn().buffered();
         let (take, done) = match end.feed(chunk) {
             Some(n) => (n, true),
             None => (chunk.len(), false),
         };
         s.client.write(&chunk[..take]).await?;
-        up.consume(take);
+        up.conn().consume(take);
         relayed += take as u64;
         if done {
             return Ok(relayed);

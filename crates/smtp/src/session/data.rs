@@ -159,7 +159,7 @@ async fn client_data(
     } else {
         (t.data_block, Closed::DataTimeout)
     };
-    let fill = tokio::time::timeout(limit, client.conn().fill());
+    let fill = client.within(limit, |c| c.fill());
     let read = if watch {
         tokio::select! {
             biased;
@@ -170,10 +170,10 @@ async fn client_data(
         fill.await
     };
     match read {
-        Ok(Ok(0)) => Err(Closed::ClientGone),
-        Ok(Ok(_)) => Ok(Ok(())),
-        Ok(Err(_)) => Err(Closed::ClientFailed),
-        Err(_) => Err(expired),
+        Some(Ok(0)) => Err(Closed::ClientGone),
+        Some(Ok(_)) => Ok(Ok(())),
+        Some(Err(_)) => Err(Closed::ClientFailed),
+        None => Err(expired),
     }
 }
 
