@@ -3,6 +3,35 @@
 
 use super::*;
 
+/// Logs in through a route over `security` to an upstream that sends `cut`
+/// bytes of `body` after RETR's status line and dies; returns what the
+/// client received after the status line, up to the close.
+async fn retr_until_the_server_dies(
+    pki: &TestPki,
+    security: &str,
+    body: Vec<u8>,
+    cut: usize,
+) -> Vec<u8> {
+    let up = upstream(
+        pki,
+        security,
+        Pop3Script::new()
+            .credentials("a", "b")
+            .message(body)
+            .die_mid_retr(cut),
+    )
+    .await;
+    let gw = start(&up.route(security, "apop").yaml()).await;
+    let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
+    c.read_line().await.expect("greeting");
+    c.command("USER a").await.expect("user");
+    assert!(c.command("PASS b").await.expect("pass").starts_with("+OK"));
+    assert!(c.command("RETR 1").await.expect("retr").starts_with("+OK"));
+    let (rest, _) = c.read_to_close().await;
+    gw.stop().await;
+    rest
+}
+
 /// The upstream dies in the middle of RETR: the client sees the bytes that
 /// came, then the connection closes, and never a terminating ".".
 #[tokio::test]
@@ -12,22 +41,7 @@ async fn upstream_death_mid_retr_closes_the_client_without_a_terminator() {
         let body: Vec<u8> = (0..2000)
             .flat_map(|i| format!("line {i}\r\n").into_bytes())
             .collect();
-        let up = upstream(
-            &pki,
-            security,
-            Pop3Script::new()
-                .credentials("a", "b")
-                .message(body)
-                .die_mid_retr(5000),
-        )
-        .await;
-        let gw = start(&up.route(security, "apop").yaml()).await;
-        let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-        c.read_line().await.expect("greeting");
-        c.command("USER a").await.expect("user");
-        assert!(c.command("PASS b").await.expect("pass").starts_with("+OK"));
-        assert!(c.command("RETR 1").await.expect("retr").starts_with("+OK"));
-        let (rest, _) = c.read_to_close().await;
+        let rest = retr_until_the_server_dies(&pki, security, body, 5000).await;
         assert!(
             rest.len() >= 4000 && rest.len() <= 5000,
             "{security}: got {} bytes",
@@ -37,7 +51,6 @@ async fn upstream_death_mid_retr_closes_the_client_without_a_terminator() {
             !rest.ends_with(b"\r\n.\r\n"),
             "{security}: synthetic terminator"
         );
-        gw.stop().await;
     }
 }
 
@@ -53,25 +66,9 @@ async fn a_batched_relay_stops_exactly_at_an_upstream_cut() {
         let body: Vec<u8> = (0..30_000)
             .flat_map(|i| format!("line {i:05}\r\n").into_bytes())
             .collect();
-        let up = upstream(
-            &pki,
-            security,
-            Pop3Script::new()
-                .credentials("a", "b")
-                .message(body.clone())
-                .die_mid_retr(CUT),
-        )
-        .await;
-        let gw = start(&up.route(security, "apop").yaml()).await;
-        let mut c = LineClient::connect(gw.addr("r")).await.expect("connect");
-        c.read_line().await.expect("greeting");
-        c.command("USER a").await.expect("user");
-        assert!(c.command("PASS b").await.expect("pass").starts_with("+OK"));
-        assert!(c.command("RETR 1").await.expect("retr").starts_with("+OK"));
-        let (rest, _) = c.read_to_close().await;
+        let rest = retr_until_the_server_dies(&pki, security, body.clone(), CUT).await;
         assert_eq!(rest.len(), CUT, "{security}: bytes relayed before the cut");
         assert!(rest == body[..CUT], "{security}: the bytes differ");
-        gw.stop().await;
     }
 }
 
