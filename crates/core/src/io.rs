@@ -137,12 +137,12 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// One reusable timer for a connection's read deadlines.
+/// One reusable timer for a connection's deadlines (reads and writes).
 ///
-/// A fresh `tokio::time::timeout` per read registers a timer in the
-/// runtime's wheel (under its lock) and removes it again when the read
-/// ends, on every command. This one timer is moved to each read's deadline
-/// instead: moving it later, the usual case, is one atomic update in
+/// A fresh `tokio::time::timeout` per operation registers a timer in the
+/// runtime's wheel (under its lock) and removes it again when the operation
+/// ends, on every command and relay chunk. This one timer is moved to each
+/// operation's deadline instead: moving it later, the usual case, is one atomic update in
 /// tokio, and the wheel is touched only when an old deadline comes round
 /// (issue 14: CPU per command). Semantics are `timeout`'s: the future is
 /// polled first, so an answer that is already there wins over an expired

@@ -107,21 +107,6 @@ pub enum Misbehaved {
     RepeatedTimestamp,
 }
 
-/// Runs `fut` with a deadline, mapping expiry to [`UpstreamError::Timeout`].
-pub async fn deadline<T, E>(
-    limit: Duration,
-    what: &'static str,
-    fut: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, UpstreamError>
-where
-    UpstreamError: From<E>,
-{
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r.map_err(UpstreamError::from),
-        Err(_) => Err(UpstreamError::Timeout(what)),
-    }
-}
-
 /// Resolves `addr` now and connects to the first address that answers.
 pub async fn connect_tcp(addr: &HostPort, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     let display = addr.to_string();
@@ -348,7 +333,7 @@ pub trait Machine {
 #[derive(Debug)]
 pub struct Link {
     conn: Conn,
-    /// The reply deadlines' one timer.
+    /// The one timer for every read and write deadline on this link.
     deadline: Deadline,
     tls: Option<TlsTarget>,
     timeouts: Timeouts,

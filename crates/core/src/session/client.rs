@@ -17,7 +17,7 @@ use crate::upstream::{Link, UpstreamError};
 #[derive(Debug)]
 pub struct ClientSide {
     conn: Conn,
-    /// The read deadlines' one timer.
+    /// The one timer for every read and write deadline on this side.
     deadline: Deadline,
     listen: ListenSide,
     timeouts: Timeouts,
@@ -72,8 +72,8 @@ impl ClientSide {
     }
 
     /// Runs `op` on the connection for at most `limit` (`None`: the time
-    /// ran out), on the session's one read-deadline timer: what relays use
-    /// per chunk.
+    /// ran out), on this side's one deadline timer: what relays use per
+    /// chunk.
     pub async fn within<'a, F, Fut>(&'a mut self, limit: Duration, op: F) -> Option<Fut::Output>
     where
         F: FnOnce(&'a mut Conn) -> Fut,
